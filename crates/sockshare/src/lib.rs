@@ -1,0 +1,48 @@
+//! Share a live socket between processes the way Windows' `WSADuplicateSocket` does.
+//!
+//! A **target** process starts a [`Session`] and tells a **source** its process id by any
+//! IPC. The source calls [`duplicate`] with a socket and that pid and gets a
+//! [`ProtocolInfo`]: 628 plain bytes (`WSAPROTOCOL_INFOW`; 372 in the A form) to send by
+//! any IPC. From that moment the target holds a reference to the socket: the source may
+//! close its descriptor or exit. The target turns the info into its own descriptor with
+//! [`Session::redeem`], once; the info works for no other process.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::{Read, Write};
+//! use std::net::{TcpListener, TcpStream};
+//!
+//! let session = sockshare::Session::new()?; // target
+//! let listener = TcpListener::bind("127.0.0.1:0")?; // source
+//! let addr = listener.local_addr()?;
+//! let bytes = sockshare::duplicate(&listener, session.pid())?.to_bytes_w();
+//! drop(listener); // the source may close at once
+//!
+//! let info = sockshare::ProtocolInfo::from_bytes(&bytes)?; // target
+//! let listener = TcpListener::try_from(session.redeem(&info)?)?;
+//! let mut client = TcpStream::connect(addr)?;
+//! let (mut served, _) = listener.accept()?;
+//! served.write_all(b"hello")?;
+//! let mut got = [0u8; 5];
+//! client.read_exact(&mut got)?;
+//! assert_eq!(&got, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! Layout of the crate: the portable API is in `session.rs` ([`Session`], [`duplicate`]),
+//! `info.rs` ([`ProtocolInfo`] and its byte layout), `socket.rs` ([`SharedSocket`] and its
+//! conversions) and `error.rs` ([`Error`]); everything OS-specific is behind the contract
+//! written in `sys/mod.rs`, with the Linux backend in `sys/linux/`.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod info;
+mod session;
+mod socket;
+mod sys;
+
+pub use error::{Error, ErrorKind, Result};
+pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};
+pub use session::{current_pid, duplicate, Policy, Session, SessionBuilder, DEFAULT_CAPACITY};
+pub use socket::{KindMismatch, SharedSocket};

@@ -1,0 +1,234 @@
+//! The portable API: a target's [`Session`] and a source's [`duplicate`].
+
+use std::os::fd::AsFd;
+
+use crate::error::Result;
+use crate::info::ProtocolInfo;
+use crate::socket::SharedSocket;
+use crate::sys;
+
+/// Which processes may push sockets to a session.
+///
+/// The default, [`Policy::SameUser`], is Windows' rule for `PROCESS_DUP_HANDLE`: a source
+/// running as the target's user, or as root. A refused source gets
+/// [`ErrorKind::Invalid`](crate::ErrorKind::Invalid) from [`duplicate`]; anything it sent
+/// is closed.
+///
+/// ```
+/// use sockshare::Policy;
+/// assert!(Policy::SameUser.allows(1000, 1000));
+/// assert!(Policy::SameUser.allows(0, 1000)); // root
+/// assert!(!Policy::SameUser.allows(1001, 1000));
+/// assert!(Policy::AllowUids(vec![1001]).allows(1001, 1000));
+/// assert!(Policy::AnyUser.allows(65534, 1000));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Policy {
+    /// Sources running as the target's effective uid, or as root.
+    #[default]
+    SameUser,
+    /// As `SameUser`, and also sources running as any of these uids.
+    AllowUids(Vec<u32>),
+    /// Any local process that can reach the session.
+    AnyUser,
+}
+
+impl Policy {
+    /// Whether a source running as `source_uid` may push to a target running as
+    /// `target_uid`.
+    pub fn allows(&self, source_uid: u32, target_uid: u32) -> bool {
+        let same = source_uid == target_uid || source_uid == 0;
+        match self {
+            Policy::SameUser => same,
+            Policy::AllowUids(uids) => same || uids.contains(&source_uid),
+            Policy::AnyUser => true,
+        }
+    }
+}
+
+/// The resolved settings of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionOptions {
+    pub(crate) policy: Policy,
+    pub(crate) capacity: usize,
+}
+
+/// How many unredeemed sockets a session holds by default before sources get
+/// `WSAENOBUFS`. Each holds one descriptor of the target process.
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+impl Default for SessionOptions {
+    fn default() -> SessionOptions {
+        SessionOptions {
+            policy: Policy::SameUser,
+            capacity: DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// Settings for a [`Session`] that differ from the defaults.
+///
+/// ```
+/// # fn main() -> sockshare::Result<()> {
+/// use sockshare::{Policy, Session};
+/// let session = Session::builder()
+///     .policy(Policy::AllowUids(vec![33]))
+///     .capacity(64)
+///     .start()?;
+/// assert_eq!(session.capacity(), 64);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SessionBuilder {
+    options: SessionOptions,
+}
+
+impl SessionBuilder {
+    /// Which sources may push sockets (default [`Policy::SameUser`]).
+    pub fn policy(mut self, policy: Policy) -> SessionBuilder {
+        self.options.policy = policy;
+        self
+    }
+
+    /// How many unredeemed sockets the session holds before sources get `WSAENOBUFS`
+    /// (default [`DEFAULT_CAPACITY`]; at least 1). A few hundred more can wait in the
+    /// kernel's queue beyond it.
+    pub fn capacity(mut self, capacity: usize) -> SessionBuilder {
+        self.options.capacity = capacity.max(1);
+        self
+    }
+
+    /// Starts the session. If one is already active in this process, joins it when its
+    /// settings are the same, and fails with `WSAEINVAL` when they differ.
+    pub fn start(self) -> Result<Session> {
+        Ok(Session {
+            inner: sys::Session::start(Some(&self.options))?,
+        })
+    }
+}
+
+/// This process's sharing session: while one is alive, sources may [`duplicate`] sockets
+/// for this process and it can [`redeem`](Session::redeem) their protocol infos.
+///
+/// Sessions are refcounted per process, like `WSAStartup`/`WSACleanup`: every
+/// `Session::new()` joins the active session, and dropping the last handle ends it,
+/// closing every socket still pending for this process. A session runs one thread, which
+/// admits sources (checking their credentials against the [`Policy`]) and moves the
+/// sockets they push into the session's table.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::net::TcpListener;
+/// // Target: start a session and tell the source its pid (here, ourselves).
+/// let session = sockshare::Session::new()?;
+/// let pid = session.pid();
+///
+/// // Source: duplicate a socket for the target and close its own descriptor.
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let info = sockshare::duplicate(&listener, pid)?;
+/// drop(listener);
+/// let bytes = info.to_bytes_w(); // 628 bytes, for any IPC
+///
+/// // Target: turn the info into its own descriptor, once.
+/// let info = sockshare::ProtocolInfo::from_bytes(&bytes)?;
+/// let listener = TcpListener::try_from(session.redeem(&info)?)?;
+/// assert_eq!(listener.local_addr()?, addr);
+/// assert!(session.redeem(&info).is_err()); // single use
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    inner: sys::Session,
+}
+
+impl Session {
+    /// Starts (or joins) this process's session with the default settings.
+    ///
+    /// Fails with `WSASYSNOTREADY` when the session endpoint cannot be created.
+    pub fn new() -> Result<Session> {
+        Ok(Session {
+            inner: sys::Session::start(None)?,
+        })
+    }
+
+    /// Settings for a session that differ from the defaults.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The id of this process: what a source passes to [`duplicate`].
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
+    /// The session's capacity of unredeemed sockets.
+    pub fn capacity(&self) -> usize {
+        self.inner.options().capacity
+    }
+
+    /// The session's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.options().policy
+    }
+
+    /// How many pushed sockets wait in the session's table (sockets still in the kernel's
+    /// queue are not counted).
+    pub fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+
+    /// Creates this process's descriptor for the socket an info names (`WSASocket` with
+    /// `FROM_PROTOCOL_INFO`). Each info works once, and only in the process it was made
+    /// for. The descriptor is close-on-exec.
+    ///
+    /// Errors: `WSAEINVAL` for an info that is used, forged, altered, made for another
+    /// process, or whose session ended (no descriptor is created); `WSAEMFILE` when this
+    /// process is out of descriptors (the info stays valid: redeem it again once
+    /// descriptors are free); `WSANOTINITIALISED` in a forked child holding its parent's
+    /// session.
+    pub fn redeem(&self, info: &ProtocolInfo) -> Result<SharedSocket> {
+        let fd = self.inner.redeem(info)?;
+        Ok(SharedSocket::new(fd, info.kind()))
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("pid", &self.pid())
+            .field("capacity", &self.capacity())
+            .field("policy", self.policy())
+            .finish()
+    }
+}
+
+/// Duplicates `socket` for the process `target_pid` (`WSADuplicateSocket`): returns the
+/// protocol info that process turns into its own descriptor with [`Session::redeem`].
+///
+/// When this returns, the target holds its own reference to the socket: the caller may
+/// close `socket` or exit at once and the socket stays alive for the target. The source
+/// needs no session of its own.
+///
+/// Errors, checked in Windows' order: `WSAENOTSOCK` when `socket` is not an open socket;
+/// `WSAEINVAL` when `target_pid` does not exist, has no session, is in another pid or
+/// network namespace, or its policy refuses this process; `WSAENOBUFS` when the target's
+/// queue of unredeemed sockets is full. On error nothing reached the target.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// let err = sockshare::duplicate(&socket, 0).unwrap_err();
+/// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
+/// # Ok(()) }
+/// ```
+pub fn duplicate(socket: impl AsFd, target_pid: u32) -> Result<ProtocolInfo> {
+    let fd = socket.as_fd();
+    let kind = sys::socket_kind(fd)?;
+    sys::duplicate(fd, kind, target_pid)
+}
+
+/// The id of the calling process, as [`duplicate`] expects it.
+pub fn current_pid() -> u32 {
+    sys::current_pid()
+}

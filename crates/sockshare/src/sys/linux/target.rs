@@ -1,0 +1,566 @@
+//! The target side: the session endpoint, its serving thread, and the table of pending
+//! sockets.
+
+use std::collections::hash_map::{Entry as MapEntry, HashMap};
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rustix::event::epoll;
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+    SocketFlags, SocketType,
+};
+
+use super::wire::{self, Verdict};
+use super::{endpoint_address, os_error, peer_cred};
+use crate::error::{Error, ErrorKind, Result};
+use crate::info::ProtocolInfo;
+use crate::session::SessionOptions;
+
+/// How often a session out of descriptors retries receiving.
+const RETRY: Duration = Duration::from_millis(20);
+/// Source connections one session serves at once; more get a "busy" answer.
+const MAX_CONNECTIONS: usize = 1024;
+
+const LISTENER_KEY: u64 = 0;
+const WAKE_KEY: u64 = 1;
+const CONN_BASE: u64 = 2;
+
+/// This process's session, refcounted like WSAStartup/WSACleanup.
+struct Registry {
+    refs: usize,
+    endpoint: Option<Arc<Endpoint>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    refs: 0,
+    endpoint: None,
+    thread: None,
+});
+
+struct Endpoint {
+    pid: u32,
+    options: SessionOptions,
+    epoll: OwnedFd,
+    wake: OwnedFd,
+    stopping: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Set when the session ended or this is a forked child's stale copy.
+    closed: bool,
+    listener: Option<OwnedFd>,
+    /// Source connections; the slot index plus `CONN_BASE` is the epoll key.
+    conns: Vec<Option<OwnedFd>>,
+    live_conns: usize,
+    pending: HashMap<u64, Pending>,
+    /// Draining stopped because `pending` reached the capacity; redeem resumes it.
+    full: bool,
+    /// Draining stopped because the process is out of descriptors; the thread retries.
+    out_of_fds: bool,
+}
+
+struct Pending {
+    fd: OwnedFd,
+    tag: u32,
+}
+
+/// A handle on this process's session.
+pub(crate) struct Session {
+    endpoint: Arc<Endpoint>,
+}
+
+impl Session {
+    /// Starts the session, or joins the running one. `options` of `None` joins whatever
+    /// runs (or starts one with the defaults); `Some` must match a running session's.
+    pub(crate) fn start(options: Option<&SessionOptions>) -> Result<Session> {
+        super::install_fork_handlers();
+        let mut reg = REGISTRY.lock();
+        if let Some(ep) = reg.endpoint.clone() {
+            if options.is_some_and(|o| *o != ep.options) {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    "a session with other options is already active in this process: \
+                     join it with Session::new() or end it first",
+                ));
+            }
+            reg.refs += 1;
+            return Ok(Session { endpoint: ep });
+        }
+        let endpoint = Arc::new(Endpoint::bind(options.cloned().unwrap_or_default())?);
+        let serving = endpoint.clone();
+        let thread = std::thread::Builder::new()
+            .name("sockshare-session".into())
+            .spawn(move || serve(&serving))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::SystemNotReady,
+                    format!("could not start the session's thread: {e}"),
+                )
+                .with_source(e)
+            })?;
+        reg.endpoint = Some(endpoint.clone());
+        reg.thread = Some(thread);
+        reg.refs = 1;
+        Ok(Session { endpoint })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.endpoint.pid
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.endpoint.inner.lock().pending.len()
+    }
+
+    pub(crate) fn options(&self) -> &SessionOptions {
+        &self.endpoint.options
+    }
+
+    pub(crate) fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd> {
+        let ep = &*self.endpoint;
+        if info.target_pid() != ep.pid {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "this protocol info was made for process {}, not for this process ({})",
+                    info.target_pid(),
+                    ep.pid
+                ),
+            ));
+        }
+        let mut inner = ep.inner.lock();
+        if inner.closed {
+            return Err(not_initialised());
+        }
+        if let Some(fd) = inner.take(info)? {
+            return Ok(fd);
+        }
+        // The socket was pushed before the info was made, so if it is genuine it is queued
+        // on a connection the thread has not drained yet.
+        inner.drain_all(&ep.options, true);
+        if let Some(fd) = inner.take(info)? {
+            return Ok(fd);
+        }
+        if inner.out_of_fds {
+            return Err(Error::new(
+                ErrorKind::TooManyDescriptors,
+                "this process has no free descriptor to receive the socket; it stays \
+                 pending: close a descriptor (or raise RLIMIT_NOFILE) and redeem again",
+            ));
+        }
+        Err(Error::new(
+            ErrorKind::Invalid,
+            "no socket is pending for this protocol info: it was already used, the session \
+             it was made for has ended, or it was made in another session",
+        ))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut reg = REGISTRY.lock();
+        // A handle the forked child inherited belongs to no live session here.
+        if !reg
+            .endpoint
+            .as_ref()
+            .is_some_and(|ep| Arc::ptr_eq(ep, &self.endpoint))
+        {
+            return;
+        }
+        reg.refs -= 1;
+        if reg.refs > 0 {
+            return;
+        }
+        // Keep the registry locked until the name is released, so a new session started
+        // meanwhile cannot find it still bound.
+        let thread = reg.thread.take();
+        reg.endpoint = None;
+        let ep = &self.endpoint;
+        ep.stopping.store(true, Ordering::Release);
+        let _ = rustix::io::write(&ep.wake, &1u64.to_ne_bytes());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        let mut inner = ep.inner.lock();
+        inner.closed = true;
+        inner.listener = None;
+        inner.conns.clear();
+        inner.pending.clear();
+        drop(inner);
+        drop(reg);
+    }
+}
+
+fn not_initialised() -> Error {
+    Error::new(
+        ErrorKind::NotInitialised,
+        "the session has ended (or belongs to the parent of this forked process): \
+         start one with Session::new()",
+    )
+}
+
+impl Endpoint {
+    fn bind(options: SessionOptions) -> Result<Endpoint> {
+        let pid = super::current_pid();
+        let not_ready = |what: &str, e: Errno| {
+            let mut err = os_error(what, e);
+            if err.kind() == ErrorKind::NetDown {
+                err = Error::new(ErrorKind::SystemNotReady, err.message().to_owned())
+                    .with_source(e.into());
+            }
+            err
+        };
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|e| not_ready("creating the session endpoint", e))?;
+        let addr = endpoint_address(pid).map_err(|e| os_error("naming the session", e))?;
+        rustix::net::bind(&listener, &addr).map_err(|e| {
+            if e == Errno::ADDRINUSE {
+                Error::new(
+                    ErrorKind::SystemNotReady,
+                    format!(
+                        "another process holds the session name of pid {pid} \
+                         (sockshare/v1/{pid} in this network namespace)"
+                    ),
+                )
+                .with_source(e.into())
+            } else {
+                not_ready("binding the session endpoint", e)
+            }
+        })?;
+        rustix::net::listen(&listener, 128)
+            .map_err(|e| not_ready("listening on the session endpoint", e))?;
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| not_ready("creating the session's epoll", e))?;
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| not_ready("creating the session's eventfd", e))?;
+        let edge = epoll::EventFlags::IN | epoll::EventFlags::ET;
+        epoll::add(
+            &epoll,
+            &listener,
+            epoll::EventData::new_u64(LISTENER_KEY),
+            edge,
+        )
+        .and_then(|()| epoll::add(&epoll, &wake, epoll::EventData::new_u64(WAKE_KEY), edge))
+        .map_err(|e| not_ready("watching the session endpoint", e))?;
+        Ok(Endpoint {
+            pid,
+            options,
+            epoll,
+            wake,
+            stopping: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                closed: false,
+                listener: Some(listener),
+                conns: Vec::new(),
+                live_conns: 0,
+                pending: HashMap::new(),
+                full: false,
+                out_of_fds: false,
+            }),
+        })
+    }
+}
+
+/// The session's thread: admits sources and drains their pushes into the table.
+fn serve(ep: &Endpoint) {
+    let mut events = Vec::with_capacity(64);
+    let mut ready = Vec::with_capacity(64);
+    loop {
+        let retry = ep.inner.lock().out_of_fds;
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: RETRY.as_nanos() as _,
+        };
+        events.clear();
+        match epoll::wait(
+            &ep.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            retry.then_some(&timeout),
+        ) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+        if ep.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let mut accept = retry;
+        ready.clear();
+        for ev in &events {
+            match ev.data.u64() {
+                LISTENER_KEY => accept = true,
+                WAKE_KEY => {}
+                key => ready.push((key - CONN_BASE) as usize),
+            }
+        }
+        let mut inner = ep.inner.lock();
+        if accept {
+            inner.accept_all(ep);
+        }
+        if retry {
+            inner.drain_all(&ep.options, false);
+        } else {
+            for &slot in &ready {
+                inner.drain(slot, &ep.options, false);
+            }
+        }
+    }
+}
+
+/// What one receive from a source connection gave.
+enum Received {
+    Nothing,
+    Sockets(Vec<(wire::Entry, OwnedFd)>),
+    OutOfDescriptors,
+    /// End of stream, an error, or a record that breaks the protocol: drop the connection
+    /// (the kernel closes whatever it still queues).
+    Drop,
+}
+
+impl Inner {
+    fn take(&mut self, info: &ProtocolInfo) -> Result<Option<OwnedFd>> {
+        match self.pending.entry(info.token()) {
+            MapEntry::Occupied(e) if e.get().tag == info.tag() => {
+                let fd = e.remove().fd;
+                Ok(Some(fd))
+            }
+            MapEntry::Occupied(_) => Err(Error::new(
+                ErrorKind::Invalid,
+                "this protocol info was altered after duplicate (its fields do not match \
+                 the ones the source sent)",
+            )),
+            MapEntry::Vacant(_) => Ok(None),
+        }
+    }
+
+    fn accept_all(&mut self, ep: &Endpoint) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(conn) => self.admit(ep, conn),
+                Err(Errno::INTR | Errno::CONNABORTED) => {}
+                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                    self.out_of_fds = true;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn admit(&mut self, ep: &Endpoint, conn: OwnedFd) {
+        let target_uid = rustix::process::geteuid().as_raw();
+        let verdict = match peer_cred(conn.as_fd()) {
+            Ok(cred) if ep.options.policy.allows(cred.uid, target_uid) => {
+                if self.live_conns >= MAX_CONNECTIONS {
+                    Verdict::Busy
+                } else {
+                    Verdict::Accepted
+                }
+            }
+            _ => Verdict::Refused,
+        };
+        let answered = rustix::net::send(
+            &conn,
+            &wire::reply(verdict),
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        )
+        .is_ok();
+        if verdict != Verdict::Accepted || !answered {
+            return; // dropping `conn` closes it and anything it sent
+        }
+        let slot = match self.conns.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let watched = epoll::add(
+            &ep.epoll,
+            &conn,
+            epoll::EventData::new_u64(CONN_BASE + slot as u64),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET,
+        );
+        if watched.is_ok() {
+            self.conns[slot] = Some(conn);
+            self.live_conns += 1;
+            // Data may have arrived before the watch began: edge-triggered epoll would not
+            // report it.
+            self.drain(slot, &ep.options, false);
+        }
+    }
+
+    fn drain_all(&mut self, options: &SessionOptions, force: bool) {
+        self.out_of_fds = false;
+        self.full = false;
+        for slot in 0..self.conns.len() {
+            self.drain(slot, options, force);
+        }
+    }
+
+    /// Moves every socket queued on connection `slot` into the table, until the queue is
+    /// empty, the table is at capacity (unless `force`), or descriptors run out.
+    fn drain(&mut self, slot: usize, options: &SessionOptions, force: bool) {
+        loop {
+            if !force && self.pending.len() >= options.capacity {
+                self.full = true;
+                return;
+            }
+            let Some(conn) = self.conns.get(slot).and_then(Option::as_ref) else {
+                return;
+            };
+            match receive(conn) {
+                Received::Nothing => return,
+                Received::OutOfDescriptors => {
+                    self.out_of_fds = true;
+                    return;
+                }
+                Received::Drop => {
+                    self.conns[slot] = None;
+                    self.live_conns -= 1;
+                    return;
+                }
+                Received::Sockets(sockets) => {
+                    for (entry, fd) in sockets {
+                        match self.pending.entry(entry.token) {
+                            MapEntry::Vacant(v) => {
+                                v.insert(Pending { fd, tag: entry.tag });
+                            }
+                            // A source reusing a live token breaks the protocol; the older
+                            // socket stays, the newer one is closed.
+                            MapEntry::Occupied(_) => drop(fd),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Receives one push record without ever letting the kernel drop a descriptor: peek first
+/// (the kernel installs copies and keeps the record queued), consume only when every
+/// descriptor was installed.
+fn receive(conn: &OwnedFd) -> Received {
+    let mut record = [0u8; wire::MAX_PUSH_LEN + 1];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let peeked = loop {
+        match rustix::net::recvmsg(
+            conn,
+            &mut [IoSliceMut::new(&mut record)],
+            &mut control,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Received::Nothing,
+            Err(_) => return Received::Drop,
+        }
+    };
+    if peeked.bytes == 0 || peeked.bytes > wire::MAX_PUSH_LEN {
+        return Received::Drop;
+    }
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    let Some(entries) = wire::parse_push(&record[..peeked.bytes]) else {
+        return Received::Drop;
+    };
+    let entries: Vec<wire::Entry> = entries.collect();
+    if fds.len() < entries.len() && peeked.flags.contains(ReturnFlags::CTRUNC) {
+        return Received::OutOfDescriptors; // `fds` (the copies) close; the record stays
+    }
+    if fds.len() != entries.len() {
+        return Received::Drop;
+    }
+    // Consume the record with no room for descriptors: the kernel closes its references,
+    // and ours (the peeked copies) remain.
+    let mut nothing = RecvAncillaryBuffer::default();
+    loop {
+        match rustix::net::recvmsg(conn, &mut [], &mut nothing, RecvFlags::DONTWAIT) {
+            Ok(_) => break,
+            Err(Errno::INTR) => {}
+            Err(_) => return Received::Drop,
+        }
+    }
+    Received::Sockets(entries.into_iter().zip(fds).collect())
+}
+
+pub(super) fn before_fork() {
+    let reg = REGISTRY.lock();
+    if let Some(ep) = &reg.endpoint {
+        std::mem::forget(ep.inner.lock());
+    }
+    std::mem::forget(reg);
+}
+
+pub(super) fn after_fork(child: bool) {
+    // SAFETY: `before_fork` locked REGISTRY (and the endpoint's `inner`) in this thread and
+    // forgot the guards, so this thread has exclusive access until it unlocks them below;
+    // in the child it is the only thread.
+    let reg = unsafe { &mut *REGISTRY.data_ptr() };
+    if let Some(ep) = &reg.endpoint {
+        if child {
+            // SAFETY: as above, `inner` is locked by this thread.
+            let inner = unsafe { &mut *ep.inner.data_ptr() };
+            inner.abandon();
+            for fd in [&ep.epoll, &ep.wake] {
+                // SAFETY: closing a descriptor the child inherited; the endpoint is leaked
+                // below, so no OwnedFd will close the number again.
+                unsafe { libc::close(fd.as_raw_fd()) };
+            }
+        }
+        // SAFETY: locked by this thread in `before_fork`.
+        unsafe { ep.inner.force_unlock() };
+    }
+    if child {
+        // The session belongs to the parent: leak the child's copy (its descriptors are
+        // closed above, and the leak keeps them from being closed twice), thread included.
+        std::mem::forget(reg.endpoint.take());
+        std::mem::forget(reg.thread.take());
+        reg.refs = 0;
+    }
+    // SAFETY: locked by this thread in `before_fork`.
+    unsafe { REGISTRY.force_unlock() };
+}
+
+impl Inner {
+    /// In a forked child: close every inherited descriptor of the parent's session, without
+    /// freeing memory (only async-signal-safe work here).
+    fn abandon(&mut self) {
+        self.closed = true;
+        let fds = self
+            .listener
+            .iter()
+            .chain(self.conns.iter().flatten())
+            .chain(self.pending.values().map(|p| &p.fd));
+        for fd in fds {
+            // SAFETY: the descriptor was inherited from the parent; the endpoint holding
+            // the OwnedFd is leaked by `after_fork`, so it is never closed again.
+            unsafe { libc::close(fd.as_raw_fd()) };
+        }
+    }
+}

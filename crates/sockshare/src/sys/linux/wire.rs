@@ -1,0 +1,131 @@
+//! The records that travel on a session's endpoint (Unix `SOCK_SEQPACKET`, so each record
+//! arrives whole or not at all). All integers are little-endian.
+//!
+//! - reply, target to source, once after `accept`: `magic u32, version u16, verdict u16,
+//!   0 u64` (16 bytes). The verdict tells the source at once whether the session's policy
+//!   admits it, so a refused source gets `WSAEINVAL` from `duplicate`, not a silent drop.
+//! - push, source to target: `magic u32, version u16, PUSH u16, count u32, 0 u32`, then
+//!   `count` entries of `token u64, tag u32, 0 u32`, with exactly `count` descriptors
+//!   attached (`SCM_RIGHTS`), entry `i` naming descriptor `i`.
+
+pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"SSHR");
+pub(super) const VERSION: u16 = 1;
+pub(super) const HEADER_LEN: usize = 16;
+pub(super) const ENTRY_LEN: usize = 16;
+/// The kernel carries at most this many descriptors in one message (`SCM_MAX_FD`).
+pub(super) const MAX_FDS: usize = 253;
+/// The longest valid push record.
+pub(super) const MAX_PUSH_LEN: usize = HEADER_LEN + ENTRY_LEN * MAX_FDS;
+
+const PUSH: u16 = 0x10;
+
+/// The target's answer to a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Accepted = 1,
+    Refused = 2,
+    Busy = 3,
+}
+
+/// One pending socket named in a push: its token and the info's integrity tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub token: u64,
+    pub tag: u32,
+}
+
+fn header(kind: u16, word: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&kind.to_le_bytes());
+    h[8..12].copy_from_slice(&word.to_le_bytes());
+    h
+}
+
+fn read_header(b: &[u8]) -> Option<(u16, u32)> {
+    if b.len() < HEADER_LEN || b[0..4] != MAGIC.to_le_bytes() || b[4..6] != VERSION.to_le_bytes() {
+        return None;
+    }
+    let kind = u16::from_le_bytes([b[6], b[7]]);
+    let word = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    Some((kind, word))
+}
+
+pub(super) fn reply(verdict: Verdict) -> [u8; HEADER_LEN] {
+    header(verdict as u16, 0)
+}
+
+pub(super) fn parse_reply(b: &[u8]) -> Option<Verdict> {
+    match read_header(b)? {
+        (1, _) if b.len() == HEADER_LEN => Some(Verdict::Accepted),
+        (2, _) if b.len() == HEADER_LEN => Some(Verdict::Refused),
+        (3, _) if b.len() == HEADER_LEN => Some(Verdict::Busy),
+        _ => None,
+    }
+}
+
+/// Writes a push record for `entries` into `out` and returns its length.
+pub(super) fn push(entries: &[Entry], out: &mut [u8; MAX_PUSH_LEN]) -> usize {
+    debug_assert!(!entries.is_empty() && entries.len() <= MAX_FDS);
+    out[..HEADER_LEN].copy_from_slice(&header(PUSH, entries.len() as u32));
+    for (i, e) in entries.iter().enumerate() {
+        let at = HEADER_LEN + i * ENTRY_LEN;
+        out[at..at + 8].copy_from_slice(&e.token.to_le_bytes());
+        out[at + 8..at + 12].copy_from_slice(&e.tag.to_le_bytes());
+        out[at + 12..at + 16].fill(0);
+    }
+    HEADER_LEN + entries.len() * ENTRY_LEN
+}
+
+/// Parses a push record from untrusted bytes: `None` unless it is well formed.
+pub(super) fn parse_push(b: &[u8]) -> Option<impl Iterator<Item = Entry> + '_> {
+    let (kind, count) = read_header(b)?;
+    let count = count as usize;
+    if kind != PUSH || count == 0 || count > MAX_FDS || b.len() != HEADER_LEN + count * ENTRY_LEN {
+        return None;
+    }
+    Some(b[HEADER_LEN..].chunks_exact(ENTRY_LEN).map(|c| {
+        let mut token = [0u8; 8];
+        token.copy_from_slice(&c[..8]);
+        Entry {
+            token: u64::from_le_bytes(token),
+            tag: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_round_trips_and_rejects_damage() {
+        let entries = [
+            Entry { token: 1, tag: 2 },
+            Entry {
+                token: u64::MAX,
+                tag: 7,
+            },
+        ];
+        let mut buf = [0u8; MAX_PUSH_LEN];
+        let n = push(&entries, &mut buf);
+        assert_eq!(n, 48);
+        let parsed: Vec<Entry> = parse_push(&buf[..n]).unwrap().collect();
+        assert_eq!(parsed, entries);
+        assert!(parse_push(&buf[..n - 1]).is_none());
+        assert!(parse_push(&buf[..n + 1]).is_none());
+        let mut bad = buf;
+        bad[0] ^= 1;
+        assert!(parse_push(&bad[..n]).is_none());
+        assert!(parse_push(&[]).is_none());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for v in [Verdict::Accepted, Verdict::Refused, Verdict::Busy] {
+            assert_eq!(parse_reply(&reply(v)), Some(v));
+        }
+        assert_eq!(parse_reply(&[0u8; 16]), None);
+    }
+}

@@ -1,0 +1,34 @@
+//! The backend contract: what every OS backend provides to the portable core.
+//!
+//! The portable API (`duplicate`, [`Session`](crate::Session), [`ProtocolInfo`](crate::ProtocolInfo),
+//! [`SharedSocket`](crate::SharedSocket)) makes exactly one call into the backend per public
+//! operation. A backend provides:
+//!
+//! - `fn socket_kind(fd) -> Result<SocketKind>`: family, type and protocol of an open socket;
+//!   `ErrorKind::NotSocket` for anything else (a file, a closed descriptor).
+//! - `fn duplicate(fd, kind, target_pid) -> Result<ProtocolInfo>`: when it returns `Ok`, the
+//!   target's session holds its own reference to the socket (the caller may close `fd` or exit
+//!   at once), and the returned info names that reference, for that process only, once.
+//!   `Invalid` when the process does not exist, has no session, or its policy refuses the
+//!   caller; `NoBufferSpace` when the target's queue of unredeemed infos is full. On any
+//!   error nothing reached the target: the caller still owns its socket.
+//! - `struct Session`: a handle on this process's sharing session, refcounted like
+//!   `WSAStartup`/`WSACleanup`:
+//!   - `Session::start(&SessionOptions) -> Result<Session>`, `Session::join() -> Result<Session>`;
+//!   - `redeem(&ProtocolInfo) -> Result<OwnedFd>`: the descriptor (close-on-exec), once per info;
+//!     `Invalid` for a used, foreign or altered info (no descriptor is created);
+//!     `TooManyDescriptors` when the process is out of descriptors (the info stays valid);
+//!   - `pid()`, `pending()`;
+//!   - dropping the last handle ends the session and closes every pending socket.
+//! - `fn current_pid() -> u32`.
+//!
+//! The Linux backend lives in [`linux`]; Windows (the native `WSADuplicateSocketW`) and macOS
+//! come later behind this same contract.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::{current_pid, duplicate, socket_kind, Session};
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("sockshare has a Linux backend only so far; the Windows backend is being built");
