@@ -1,0 +1,1 @@
+//! Winsock-compatible C interface (being built).
