@@ -1,1 +1,165 @@
+//! Drivers for the cross-process tests of the sockshare contract (DESIGN §2).
+//!
+//! A test runs in one process and drives one or more `peer` processes (src/bin/peer.rs)
+//! through pipes: each is a real process with its own descriptor table and pid, acting as
+//! source, target or bystander. Every test checks the descriptor counts of every process
+//! involved before and after, so a leak anywhere fails it.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of a hex string, or `None` if it is not hex.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Open descriptors of this process.
+pub fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() - 1)
+}
+
+/// Tests share this process's descriptor table and its sharing session, so they run one
+/// at a time: each holds this lock for its whole run.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A scripted peer process.
+pub struct Peer {
+    child: Child,
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+    /// The peer's pid, as this process sees it.
+    pub pid: u32,
+}
+
+/// How to start a peer.
+pub struct PeerCommand {
+    command: Command,
+}
+
+impl PeerCommand {
+    /// A peer run directly.
+    pub fn new(exe: &str) -> PeerCommand {
+        PeerCommand {
+            command: Command::new(exe),
+        }
+    }
+
+    /// A peer run through a wrapper, such as `unshare -n`.
+    pub fn wrapped(wrapper: &[&str], exe: &str) -> PeerCommand {
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(exe);
+        PeerCommand { command }
+    }
+
+    /// Runs the peer as another user (the tests run as root).
+    pub fn as_user(mut self, uid: u32, gid: u32) -> PeerCommand {
+        use std::os::unix::process::CommandExt;
+        self.command.uid(uid).gid(gid);
+        self
+    }
+
+    /// Starts the peer.
+    pub fn spawn(mut self) -> Peer {
+        let mut child = self
+            .command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the peer process");
+        let to = child.stdin.take().expect("peer stdin");
+        let from = BufReader::new(child.stdout.take().expect("peer stdout"));
+        let mut peer = Peer {
+            pid: child.id(),
+            child,
+            to,
+            from,
+        };
+        // Through a wrapper the child is the wrapper; ask the peer who it is.
+        peer.pid = peer.ok("pid").parse().expect("peer pid");
+        peer
+    }
+}
+
+impl Peer {
+    /// Sends one command; `Ok(rest)` for `ok rest`, `Err(rest)` for `err rest`.
+    pub fn cmd(&mut self, line: &str) -> Result<String, String> {
+        writeln!(self.to, "{line}").expect("write to peer");
+        self.to.flush().expect("flush to peer");
+        let mut reply = String::new();
+        self.from.read_line(&mut reply).expect("read from peer");
+        let reply = reply.trim_end();
+        if let Some(rest) = reply.strip_prefix("ok") {
+            Ok(rest.trim_start().to_owned())
+        } else if let Some(rest) = reply.strip_prefix("err ") {
+            Err(rest.to_owned())
+        } else {
+            panic!("peer {} answered {reply:?} to {line:?}", self.pid)
+        }
+    }
+
+    /// Sends a command that must succeed.
+    pub fn ok(&mut self, line: &str) -> String {
+        match self.cmd(line) {
+            Ok(s) => s,
+            Err(e) => panic!("peer {}: {line:?} failed: {e}", self.pid),
+        }
+    }
+
+    /// Sends a command that must fail with the Winsock error `name`.
+    pub fn fails_with(&mut self, line: &str, name: &str) -> String {
+        match self.cmd(line) {
+            Ok(s) => panic!(
+                "peer {}: {line:?} succeeded ({s}), expected {name}",
+                self.pid
+            ),
+            Err(e) => {
+                assert!(
+                    e.starts_with(name),
+                    "peer {}: {line:?} failed with {e}, expected {name}",
+                    self.pid
+                );
+                e
+            }
+        }
+    }
+
+    /// The peer's count of open descriptors.
+    pub fn fds(&mut self) -> usize {
+        self.ok("fds").parse().expect("fd count")
+    }
+
+    /// Ends the peer and waits for it.
+    pub fn exit(mut self) {
+        let _ = writeln!(self.to, "exit");
+        let _ = self.to.flush();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the peer (SIGKILL) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

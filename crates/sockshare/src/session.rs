@@ -232,3 +232,15 @@ pub fn duplicate(socket: impl AsFd, target_pid: u32) -> Result<ProtocolInfo> {
 pub fn current_pid() -> u32 {
     sys::current_pid()
 }
+
+/// Closes the connections this process keeps to targets' sessions (one per target it
+/// duplicated for; a connection whose target has ended is closed when the next one
+/// opens). The next [`duplicate`] reconnects. Useful before counting descriptors, or in a
+/// long-lived source after a burst of short-lived targets.
+///
+/// ```
+/// sockshare::disconnect_all();
+/// ```
+pub fn disconnect_all() {
+    sys::disconnect_all()
+}

@@ -1,1 +1,408 @@
-fn main() {}
+//! A scripted sockshare process for the cross-process tests: it reads one command a line
+//! on stdin and answers one line on stdout, `ok ...` or `err <WSANAME|io> <message>`.
+//! Sockets it holds live in numbered slots. See `conformance::Peer` for the driver.
+
+use std::io::{BufRead, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use conformance::{from_hex, to_hex};
+use socket2::{Domain, SockAddr, Socket, Type};
+use sockshare::{Policy, ProtocolInfo, Session};
+
+type Reply = Result<String, String>;
+
+#[derive(Default)]
+struct Peer {
+    session: Option<Session>,
+    slots: Vec<Option<Socket>>,
+    filler: Vec<OwnedFd>,
+}
+
+fn main() {
+    let mut peer = Peer::default();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"exit") {
+            std::process::exit(0);
+        }
+        let reply = match peer.run(&words) {
+            Ok(s) if s.is_empty() => "ok".to_owned(),
+            Ok(s) => format!("ok {s}"),
+            Err(e) => format!("err {e}"),
+        };
+        let _ = writeln!(out, "{reply}");
+        let _ = out.flush();
+    }
+}
+
+fn wsa(e: sockshare::Error) -> String {
+    format!("{} {}", e.kind().name(), e.message())
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("io {e}")
+}
+
+fn arg<'a>(words: &[&'a str], i: usize) -> Result<&'a str, String> {
+    words
+        .get(i)
+        .copied()
+        .ok_or_else(|| format!("io missing argument {i}"))
+}
+
+fn num<T: std::str::FromStr>(words: &[&str], i: usize) -> Result<T, String> {
+    arg(words, i)?
+        .parse()
+        .map_err(|_| format!("io argument {i} is not a number"))
+}
+
+fn count_fds() -> usize {
+    // The directory handle read_dir holds is one of the entries.
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() - 1)
+}
+
+impl Peer {
+    fn put(&mut self, s: Socket) -> usize {
+        self.slots.push(Some(s));
+        self.slots.len() - 1
+    }
+
+    fn slot(&self, words: &[&str], i: usize) -> Result<&Socket, String> {
+        let n: usize = num(words, i)?;
+        self.slots
+            .get(n)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("io no socket in slot {n}"))
+    }
+
+    fn session(&self) -> Result<&Session, String> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| "io no session in this peer".to_owned())
+    }
+
+    fn run(&mut self, w: &[&str]) -> Reply {
+        match *w.first().ok_or("io empty command")? {
+            "session" => {
+                let mut b = Session::builder();
+                for opt in &w[1..] {
+                    if let Some(n) = opt.strip_prefix("capacity=") {
+                        b = b.capacity(n.parse().map_err(|_| "io bad capacity")?);
+                    } else if *opt == "any" {
+                        b = b.policy(Policy::AnyUser);
+                    } else if let Some(list) = opt.strip_prefix("uids=") {
+                        let uids = list.split(',').filter_map(|u| u.parse().ok()).collect();
+                        b = b.policy(Policy::AllowUids(uids));
+                    }
+                }
+                let s = b.start().map_err(wsa)?;
+                let pid = s.pid();
+                self.session = Some(s);
+                Ok(pid.to_string())
+            }
+            "end" => {
+                self.session = None;
+                Ok(String::new())
+            }
+            "pid" => Ok(std::process::id().to_string()),
+            "disconnect" => {
+                sockshare::disconnect_all();
+                Ok(String::new())
+            }
+            "pending" => Ok(self.session()?.pending().to_string()),
+            "fds" => Ok(count_fds().to_string()),
+            "tcp-listen" | "udp-bind" | "tcp-connect" | "tcp-unbound" | "udp-unbound" => {
+                let tcp = w[0].starts_with("tcp");
+                let ty = if tcp { Type::STREAM } else { Type::DGRAM };
+                let addr: SocketAddr = arg(w, 1)
+                    .unwrap_or("127.0.0.1:0")
+                    .parse()
+                    .map_err(|_| "io bad address")?;
+                let s = Socket::new(Domain::for_address(addr), ty, None).map_err(io)?;
+                match w[0] {
+                    "tcp-listen" => {
+                        s.bind(&addr.into()).map_err(io)?;
+                        s.listen(16).map_err(io)?;
+                    }
+                    "udp-bind" => s.bind(&addr.into()).map_err(io)?,
+                    "tcp-connect" => s.connect(&addr.into()).map_err(io)?,
+                    _ => {}
+                }
+                let local = s.local_addr().ok().and_then(|a| a.as_socket());
+                let slot = self.put(s);
+                Ok(match local {
+                    Some(a) if !w[0].ends_with("unbound") => format!("{slot} {a}"),
+                    _ => slot.to_string(),
+                })
+            }
+            "unix-pair" => {
+                let ty = if arg(w, 1) == Ok("dgram") {
+                    Type::DGRAM
+                } else {
+                    Type::STREAM
+                };
+                let (a, b) = Socket::pair(Domain::UNIX, ty, None).map_err(io)?;
+                let a = self.put(a);
+                let b = self.put(b);
+                Ok(format!("{a} {b}"))
+            }
+            "unix-listen" | "unix-connect" => {
+                let path = SockAddr::unix(arg(w, 1)?).map_err(io)?;
+                let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(io)?;
+                if w[0] == "unix-listen" {
+                    let _ = std::fs::remove_file(arg(w, 1)?);
+                    s.bind(&path).map_err(io)?;
+                    s.listen(16).map_err(io)?;
+                } else {
+                    s.connect(&path).map_err(io)?;
+                }
+                Ok(self.put(s).to_string())
+            }
+            "accept" => {
+                let s = self.slot(w, 1)?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let (conn, _) = s.accept().map_err(io)?;
+                Ok(self.put(conn).to_string())
+            }
+            "dup" | "dup-a" => {
+                let pid: u32 = num(w, 2)?;
+                let info = sockshare::duplicate(self.slot(w, 1)?, pid).map_err(wsa)?;
+                Ok(if w[0] == "dup" {
+                    to_hex(&info.to_bytes_w())
+                } else {
+                    to_hex(&info.to_bytes_a())
+                })
+            }
+            "redeem" => {
+                let bytes = from_hex(arg(w, 1)?).ok_or("io bad hex")?;
+                let info = ProtocolInfo::from_bytes(&bytes).map_err(wsa)?;
+                let shared = self.session()?.redeem(&info).map_err(wsa)?;
+                let kind = shared.kind();
+                let slot = self.put(Socket::from(shared));
+                Ok(format!(
+                    "{slot} {} {} {}",
+                    kind.family(),
+                    kind.socket_type(),
+                    kind.protocol()
+                ))
+            }
+            "send" => {
+                let text = arg(w, 2)?;
+                self.slot(w, 1)?.send(text.as_bytes()).map_err(io)?;
+                Ok(String::new())
+            }
+            "sendto" => {
+                let addr: SocketAddr = arg(w, 2)?.parse().map_err(|_| "io bad address")?;
+                let text = arg(w, 3)?;
+                self.slot(w, 1)?
+                    .send_to(text.as_bytes(), &addr.into())
+                    .map_err(io)?;
+                Ok(String::new())
+            }
+            "recv" => {
+                let mut s = self.slot(w, 1)?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).map_err(io)?;
+                Ok(if n == 0 {
+                    "<eof>".to_owned()
+                } else {
+                    String::from_utf8_lossy(&buf[..n]).into_owned()
+                })
+            }
+            "recvfrom" => {
+                let s = self.slot(w, 1)?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+                let (n, from) = s.recv_from(&mut buf).map_err(io)?;
+                // SAFETY: recv_from initialised the first `n` bytes.
+                let data: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                let from = from.as_socket().map_or("?".to_owned(), |a| a.to_string());
+                Ok(format!("{from} {}", String::from_utf8_lossy(&data)))
+            }
+            "close" => {
+                let n: usize = num(w, 1)?;
+                let s = self.slots.get_mut(n).and_then(Option::take);
+                s.map(drop)
+                    .ok_or_else(|| format!("io no socket in slot {n}"))
+            }
+            "getopt" => {
+                let s = self.slot(w, 1)?;
+                match arg(w, 2)? {
+                    "rcvbuf" => Ok(s.recv_buffer_size().map_err(io)?.to_string()),
+                    "nonblocking" => Ok(s.nonblocking().map_err(io)?.to_string()),
+                    "cloexec" => Ok(s.is_cloexec().map_err(io)?.to_string()),
+                    o => Err(format!("io unknown option {o}")),
+                }
+            }
+            "setopt" => {
+                let s = self.slot(w, 1)?;
+                match arg(w, 2)? {
+                    "rcvbuf" => s.set_recv_buffer_size(num(w, 3)?).map_err(io)?,
+                    "nonblocking" => s.set_nonblocking(arg(w, 3)? == "true").map_err(io)?,
+                    o => return Err(format!("io unknown option {o}")),
+                }
+                Ok(String::new())
+            }
+            "nofile" => {
+                let n: u64 = num(w, 1)?;
+                let old = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+                rustix::process::setrlimit(
+                    rustix::process::Resource::Nofile,
+                    rustix::process::Rlimit {
+                        current: Some(n),
+                        maximum: old.maximum,
+                    },
+                )
+                .map_err(|e| io(e.into()))?;
+                Ok(String::new())
+            }
+            "fill-fds" => {
+                // Take every free descriptor, so the next one a call needs fails with EMFILE.
+                loop {
+                    match rustix::io::dup(std::io::stdin().as_fd()) {
+                        Ok(fd) => self.filler.push(fd),
+                        Err(rustix::io::Errno::MFILE) => break,
+                        Err(e) => return Err(io(e.into())),
+                    }
+                }
+                Ok(self.filler.len().to_string())
+            }
+            "free-fds" => {
+                let n: usize = num(w, 1)?;
+                let keep = self.filler.len().saturating_sub(n);
+                self.filler.truncate(keep);
+                Ok(String::new())
+            }
+            "fork" => self.fork(w),
+            "raw-push" => self.raw_push(w),
+            other => Err(format!("io unknown command {other}")),
+        }
+    }
+
+    /// `fork redeem HEX`: a forked child tries to redeem with the inherited session, then
+    /// with a session of its own; `fork hold SECS`: a forked child sleeps, holding whatever
+    /// it inherited. Replies with what the child reports, or its pid.
+    fn fork(&mut self, w: &[&str]) -> Reply {
+        let (read, write) = rustix::pipe::pipe().map_err(|e| io(e.into()))?;
+        // SAFETY: the child runs only async-signal-safe-enough code of this single-threaded
+        // program plus sockshare's own post-fork path (the thing under test), then _exits.
+        match unsafe { libc::fork() } {
+            -1 => Err(io(std::io::Error::last_os_error())),
+            0 => {
+                drop(read);
+                let report = self.in_child(w);
+                let _ = rustix::io::write(&write, report.as_bytes());
+                // SAFETY: leaving the child without running the parent's exit handlers.
+                unsafe { libc::_exit(0) }
+            }
+            child => {
+                drop(write);
+                if arg(w, 1)? == "hold" {
+                    return Ok(child.to_string());
+                }
+                let mut report = String::new();
+                std::fs::File::from(read)
+                    .read_to_string(&mut report)
+                    .map_err(io)?;
+                let mut status = 0;
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                Ok(report)
+            }
+        }
+    }
+
+    fn in_child(&mut self, w: &[&str]) -> String {
+        match w.get(1) {
+            Some(&"hold") => {
+                let secs: u64 = num(w, 2).unwrap_or(5);
+                std::thread::sleep(Duration::from_secs(secs));
+                String::new()
+            }
+            Some(&"redeem") => {
+                let Some(info) = w
+                    .get(2)
+                    .and_then(|h| from_hex(h))
+                    .and_then(|b| ProtocolInfo::from_bytes(&b).ok())
+                else {
+                    return "bad-info".into();
+                };
+                let inherited = match self.session().map(|s| s.redeem(&info)) {
+                    Ok(Ok(_)) => "ok".to_owned(),
+                    Ok(Err(e)) => e.kind().name().to_owned(),
+                    Err(_) => "no-session".to_owned(),
+                };
+                let own = match Session::new() {
+                    Ok(s) => {
+                        let redeemed = match s.redeem(&info) {
+                            Ok(_) => "ok".to_owned(),
+                            Err(e) => e.kind().name().to_owned(),
+                        };
+                        format!("own-session {} {redeemed}", s.pid())
+                    }
+                    Err(e) => format!("own-session-failed {}", e.kind().name()),
+                };
+                format!("{inherited} {own} fds={}", count_fds())
+            }
+            _ => "unknown".into(),
+        }
+    }
+
+    /// `raw-push PID SLOT`: speaks the wire protocol by hand, pushing the socket in SLOT
+    /// before reading the session's verdict, as a hostile source would. Replies with the
+    /// verdict byte.
+    fn raw_push(&mut self, w: &[&str]) -> Reply {
+        use rustix::net::{
+            AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+            SocketFlags, SocketType,
+        };
+        let pid: u32 = num(w, 1)?;
+        let fd = self.slot(w, 2)?.as_fd();
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| io(e.into()))?;
+        let addr = SocketAddrUnix::new_abstract_name(format!("sockshare/v1/{pid}").as_bytes())
+            .map_err(|e| io(e.into()))?;
+        rustix::net::connect(&sock, &addr).map_err(|e| io(e.into()))?;
+        let mut record = Vec::new();
+        record.extend_from_slice(b"SSHR");
+        record.extend_from_slice(&1u16.to_le_bytes());
+        record.extend_from_slice(&0x10u16.to_le_bytes());
+        record.extend_from_slice(&1u32.to_le_bytes());
+        record.extend_from_slice(&[0u8; 4]);
+        record.extend_from_slice(&[7u8; 16]);
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&[fd]));
+        rustix::net::sendmsg(
+            &sock,
+            &[std::io::IoSlice::new(&record)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(|e| io(e.into()))?;
+        let mut verdict = [0u8; 16];
+        let (n, _) = rustix::net::recv(&sock, &mut verdict, rustix::net::RecvFlags::empty())
+            .map_err(|e| io(e.into()))?;
+        Ok(match (n, verdict[6]) {
+            (16, 1) => "accepted".into(),
+            (16, 2) => "refused".into(),
+            (16, 3) => "busy".into(),
+            _ => "garbled".into(),
+        })
+    }
+}

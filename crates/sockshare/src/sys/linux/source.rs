@@ -130,11 +130,20 @@ fn link_to(pid: u32) -> Result<(Arc<OwnedFd>, bool)> {
     }
     // Connect without the lock: the handshake waits for the target.
     let link = Arc::new(connect(pid)?);
-    LINKS
-        .lock()
-        .get_or_insert_with(HashMap::new)
-        .insert(pid, link.clone());
+    let mut links = LINKS.lock();
+    let map = links.get_or_insert_with(HashMap::new);
+    // Targets come and go: each new connection also closes those whose target has ended,
+    // so a long-lived source does not collect dead ones.
+    map.retain(|_, l| !wait_ready(&**l, PollFlags::empty(), Duration::ZERO).unwrap_or(true));
+    map.insert(pid, link.clone());
     Ok((link, true))
+}
+
+/// Closes every cached connection to targets' sessions.
+pub(crate) fn disconnect_all() {
+    if let Some(map) = LINKS.lock().as_mut() {
+        map.clear();
+    }
 }
 
 fn forget_link(pid: u32, link: &Arc<OwnedFd>) {
