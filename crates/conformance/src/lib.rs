@@ -16,7 +16,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Bytes of a hex string, or `None` if it is not hex.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -42,8 +42,10 @@ pub struct Peer {
     child: Child,
     to: ChildStdin,
     from: BufReader<ChildStdout>,
-    /// The peer's pid, as this process sees it.
+    /// The peer's pid, as it sees itself (through a pid-namespace wrapper, not ours).
     pub pid: u32,
+    /// The peer's descriptor count right after it started.
+    baseline: usize,
 }
 
 /// How to start a peer.
@@ -88,9 +90,11 @@ impl PeerCommand {
             child,
             to,
             from,
+            baseline: 0,
         };
         // Through a wrapper the child is the wrapper; ask the peer who it is.
         peer.pid = peer.ok("pid").parse().expect("peer pid");
+        peer.baseline = peer.fds();
         peer
     }
 }
@@ -141,6 +145,27 @@ impl Peer {
     /// The peer's count of open descriptors.
     pub fn fds(&mut self) -> usize {
         self.ok("fds").parse().expect("fd count")
+    }
+
+    /// The pid of the process this one started (the peer, or its wrapper).
+    pub fn child_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes what the test made the peer hold, ends its session and its connections to
+    /// targets, and checks it is back to the descriptors it started with: anything the
+    /// library kept is a leak.
+    pub fn finish(mut self) {
+        self.ok("close-all");
+        self.ok("end");
+        self.ok("disconnect");
+        let now = self.fds();
+        assert_eq!(
+            now, self.baseline,
+            "peer {} leaked descriptors: {} at start, {now} at the end",
+            self.pid, self.baseline
+        );
+        self.exit();
     }
 
     /// Ends the peer and waits for it.

@@ -111,6 +111,11 @@ impl Peer {
                 Ok(String::new())
             }
             "pid" => Ok(std::process::id().to_string()),
+            "close-all" => {
+                self.slots.clear();
+                self.filler.clear();
+                Ok(String::new())
+            }
             "disconnect" => {
                 sockshare::disconnect_all();
                 Ok(String::new())
@@ -232,7 +237,7 @@ impl Peer {
             "close" => {
                 let n: usize = num(w, 1)?;
                 let s = self.slots.get_mut(n).and_then(Option::take);
-                s.map(drop)
+                s.map(|_| String::new())
                     .ok_or_else(|| format!("io no socket in slot {n}"))
             }
             "getopt" => {
@@ -240,7 +245,10 @@ impl Peer {
                 match arg(w, 2)? {
                     "rcvbuf" => Ok(s.recv_buffer_size().map_err(io)?.to_string()),
                     "nonblocking" => Ok(s.nonblocking().map_err(io)?.to_string()),
-                    "cloexec" => Ok(s.is_cloexec().map_err(io)?.to_string()),
+                    "cloexec" => {
+                        let flags = rustix::io::fcntl_getfd(s).map_err(|e| io(e.into()))?;
+                        Ok(flags.contains(rustix::io::FdFlags::CLOEXEC).to_string())
+                    }
                     o => Err(format!("io unknown option {o}")),
                 }
             }
@@ -387,17 +395,29 @@ impl Peer {
         record.extend_from_slice(&[7u8; 16]);
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&[fd]));
-        rustix::net::sendmsg(
+        let fds = [fd];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        match rustix::net::sendmsg(
             &sock,
             &[std::io::IoSlice::new(&record)],
             &mut control,
             SendFlags::NOSIGNAL,
-        )
-        .map_err(|e| io(e.into()))?;
+        ) {
+            Ok(_) => {}
+            // The session refused and closed before our push went out.
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
+                return Ok("reset".into())
+            }
+            Err(e) => return Err(io(e.into())),
+        }
         let mut verdict = [0u8; 16];
-        let (n, _) = rustix::net::recv(&sock, &mut verdict, rustix::net::RecvFlags::empty())
-            .map_err(|e| io(e.into()))?;
+        // A session that refuses closes the connection with our push unread, which the
+        // kernel reports as a reset rather than the verdict.
+        let n = match rustix::net::recv(&sock, &mut verdict, rustix::net::RecvFlags::empty()) {
+            Ok((n, _)) => n,
+            Err(rustix::io::Errno::CONNRESET) => return Ok("reset".into()),
+            Err(e) => return Err(io(e.into())),
+        };
         Ok(match (n, verdict[6]) {
             (16, 1) => "accepted".into(),
             (16, 2) => "refused".into(),

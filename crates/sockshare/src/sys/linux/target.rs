@@ -59,6 +59,10 @@ struct Inner {
     /// Set when the session ended or this is a forked child's stale copy.
     closed: bool,
     listener: Option<OwnedFd>,
+    /// A spare descriptor, closed to make room for accepting a source when the process is
+    /// out of descriptors: the source then gets its info, and the socket waits in the
+    /// kernel's queue until the target can receive it (S10), instead of timing out.
+    reserve: Option<OwnedFd>,
     /// Source connections; the slot index plus `CONN_BASE` is the epoll key.
     conns: Vec<Option<OwnedFd>>,
     live_conns: usize,
@@ -128,13 +132,14 @@ impl Session {
 
     pub(crate) fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd> {
         let ep = &*self.endpoint;
-        if info.target_pid() != ep.pid {
+        // The calling process, not the session's: in a forked child they differ.
+        let me = super::current_pid();
+        if info.target_pid() != me {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 format!(
-                    "this protocol info was made for process {}, not for this process ({})",
+                    "this protocol info was made for process {}, not for this process ({me})",
                     info.target_pid(),
-                    ep.pid
                 ),
             ));
         }
@@ -194,6 +199,7 @@ impl Drop for Session {
         let mut inner = ep.inner.lock();
         inner.closed = true;
         inner.listener = None;
+        inner.reserve = None;
         inner.conns.clear();
         inner.pending.clear();
         drop(inner);
@@ -260,6 +266,7 @@ impl Endpoint {
         )
         .and_then(|()| epoll::add(&epoll, &wake, epoll::EventData::new_u64(WAKE_KEY), edge))
         .map_err(|e| not_ready("watching the session endpoint", e))?;
+        let reserve = rustix::io::dup(&wake).ok();
         Ok(Endpoint {
             pid,
             options,
@@ -269,6 +276,7 @@ impl Endpoint {
             inner: Mutex::new(Inner {
                 closed: false,
                 listener: Some(listener),
+                reserve,
                 conns: Vec::new(),
                 live_conns: 0,
                 pending: HashMap::new(),
@@ -284,7 +292,7 @@ fn serve(ep: &Endpoint) {
     let mut events = Vec::with_capacity(64);
     let mut ready = Vec::with_capacity(64);
     loop {
-        let retry = ep.inner.lock().out_of_fds;
+        let retry = ep.inner.lock().starved();
         let timeout = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: RETRY.as_nanos() as _,
@@ -358,6 +366,9 @@ impl Inner {
             match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok(conn) => self.admit(ep, conn),
                 Err(Errno::INTR | Errno::CONNABORTED) => {}
+                Err(Errno::MFILE | Errno::NFILE) if self.reserve.is_some() => {
+                    self.reserve = None;
+                }
                 Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
                     self.out_of_fds = true;
                     return;
@@ -416,6 +427,16 @@ impl Inner {
         for slot in 0..self.conns.len() {
             self.drain(slot, options, force);
         }
+        // Pending sockets come first: the spare is taken back only from what they leave.
+        if !self.out_of_fds && self.reserve.is_none() {
+            self.reserve = self.listener.as_ref().and_then(|l| rustix::io::dup(l).ok());
+        }
+    }
+
+    /// Whether the thread must retry on a timer: descriptors ran out, so no event will
+    /// say when receiving (or taking back the spare) can succeed.
+    fn starved(&self) -> bool {
+        self.out_of_fds || (self.reserve.is_none() && self.listener.is_some())
     }
 
     /// Moves every socket queued on connection `slot` into the table, until the queue is
@@ -555,6 +576,7 @@ impl Inner {
         let fds = self
             .listener
             .iter()
+            .chain(self.reserve.iter())
             .chain(self.conns.iter().flatten())
             .chain(self.pending.values().map(|p| &p.fd));
         for fd in fds {

@@ -1,0 +1,654 @@
+//! The rows S1–S17 of DESIGN §2, each with real processes and real sockets. The test
+//! process plays one role (source or target) and `peer` processes play the others; every
+//! test checks every process's descriptor count at the end.
+//!
+//! S4, S5, S13 and S14's flags are about the C interface's arguments; their tests live
+//! with it (crates/ws2_32). The Rust API makes S5 a type error (no `Session`, no redeem).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use conformance::{count_fds, from_hex, serial, to_hex, Peer, PeerCommand};
+use sockshare::{duplicate, ErrorKind, Policy, ProtocolInfo, Session};
+
+const PEER: &str = env!("CARGO_BIN_EXE_peer");
+const NOBODY: u32 = 65534;
+
+fn peer() -> Peer {
+    PeerCommand::new(PEER).spawn()
+}
+
+/// One test's run: serialises tests and checks this process's descriptors at the end.
+struct Scene {
+    fds: usize,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let lock = serial();
+        // A test that failed left its connections cached; start from none.
+        sockshare::disconnect_all();
+        Scene {
+            fds: count_fds(),
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        sockshare::disconnect_all();
+        let now = count_fds();
+        if now != self.fds {
+            let open: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+                .collect();
+            panic!(
+                "the test process leaked descriptors: {} before, {now} after; open: {open:?}",
+                self.fds
+            );
+        }
+    }
+}
+
+fn hex_w(info: &ProtocolInfo) -> String {
+    to_hex(&info.to_bytes_w())
+}
+
+/// Redeems `info` in `target`; returns the slot and the reported kind words.
+fn redeem_in(target: &mut Peer, info: &ProtocolInfo) -> (String, Vec<i32>) {
+    let reply = target.ok(&format!("redeem {}", hex_w(info)));
+    let mut words = reply.split_whitespace();
+    let slot = words.next().expect("slot").to_owned();
+    (slot, words.map(|w| w.parse().expect("kind")).collect())
+}
+
+fn kind_words(info: &ProtocolInfo) -> Vec<i32> {
+    vec![info.address_family(), info.socket_type(), info.protocol()]
+}
+
+fn read_text(mut s: impl Read) -> String {
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn expect_kind<T: std::fmt::Debug>(r: sockshare::Result<T>, kind: ErrorKind) -> sockshare::Error {
+    match r {
+        Ok(v) => panic!("expected {}, got Ok({v:?})", kind.name()),
+        Err(e) => {
+            assert_eq!(e.kind(), kind, "{e}");
+            e
+        }
+    }
+}
+
+#[test]
+fn s1_tcp_listeners_ipv4_and_ipv6() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    for addr in ["127.0.0.1:0", "[::1]:0"] {
+        let listener = TcpListener::bind(addr).unwrap();
+        let at = listener.local_addr().unwrap();
+        let info = duplicate(&listener, target.pid).unwrap();
+        assert_eq!(info.address_family(), if at.is_ipv4() { 2 } else { 10 });
+        drop(listener);
+        let (slot, kind) = redeem_in(&mut target, &info);
+        assert_eq!(kind, kind_words(&info));
+        let mut client = TcpStream::connect(at).unwrap();
+        let conn = target.ok(&format!("accept {slot}"));
+        target.ok(&format!("send {conn} hello-{}", at.port()));
+        assert_eq!(read_text(&mut client), format!("hello-{}", at.port()));
+        // S14: the target's own descriptor does not leak into programs it executes.
+        assert_eq!(target.ok(&format!("getopt {slot} cloexec")), "true");
+    }
+    target.finish();
+}
+
+#[test]
+fn s1_connected_tcp_stream_both_ways() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let info = duplicate(&client, target.pid).unwrap();
+    drop(client);
+    let (slot, _) = redeem_in(&mut target, &info);
+    target.ok(&format!("send {slot} ping"));
+    assert_eq!(read_text(&mut server), "ping");
+    server.write_all(b"pong").unwrap();
+    assert_eq!(target.ok(&format!("recv {slot}")), "pong");
+    target.finish();
+}
+
+#[test]
+fn s1_udp_ipv4_and_ipv6() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    for addr in ["127.0.0.1:0", "[::1]:0"] {
+        let socket = UdpSocket::bind(addr).unwrap();
+        let at = socket.local_addr().unwrap();
+        let info = duplicate(&socket, target.pid).unwrap();
+        assert_eq!(info.service_flags(), 0x20609);
+        drop(socket);
+        let (slot, kind) = redeem_in(&mut target, &info);
+        assert_eq!(kind, kind_words(&info));
+        let client = UdpSocket::bind(if at.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        })
+        .unwrap();
+        client.send_to(b"datagram", at).unwrap();
+        let got = target.ok(&format!("recvfrom {slot}"));
+        assert_eq!(got, format!("{} datagram", client.local_addr().unwrap()));
+    }
+    target.finish();
+}
+
+#[test]
+fn s1_unbound_sockets_are_shared_before_bind() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let ours = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let info = duplicate(&ours, target.pid).unwrap();
+    let (slot, _) = redeem_in(&mut target, &info);
+    // Binding and listening through our descriptor is seen through the target's.
+    ours.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    ours.listen(4).unwrap();
+    let at = ours.local_addr().unwrap().as_socket().unwrap();
+    let mut client = TcpStream::connect(at).unwrap();
+    let conn = target.ok(&format!("accept {slot}"));
+    target.ok(&format!("send {conn} bound-later"));
+    assert_eq!(read_text(&mut client), "bound-later");
+
+    let udp = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
+    let info = duplicate(&udp, target.pid).unwrap();
+    let (_, kind) = redeem_in(&mut target, &info);
+    assert_eq!(kind, vec![10, 2, 17]);
+    target.finish();
+}
+
+#[test]
+fn s1_unix_domain_stream_listener_and_datagram() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let info = duplicate(&a, target.pid).unwrap();
+    assert_eq!(info.protocol_name(), "sockshare [UNIX STREAM]");
+    drop(a);
+    let (slot, _) = redeem_in(&mut target, &info);
+    target.ok(&format!("send {slot} over-unix"));
+    assert_eq!(read_text(&mut b), "over-unix");
+
+    let path = std::env::temp_dir().join(format!("sockshare-s1-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let info = duplicate(&listener, target.pid).unwrap();
+    drop(listener);
+    let (slot, _) = redeem_in(&mut target, &info);
+    let mut client = UnixStream::connect(&path).unwrap();
+    let conn = target.ok(&format!("accept {slot}"));
+    target.ok(&format!("send {conn} via-path"));
+    assert_eq!(read_text(&mut client), "via-path");
+    std::fs::remove_file(&path).unwrap();
+
+    let (c, d) = UnixDatagram::pair().unwrap();
+    let info = duplicate(&c, target.pid).unwrap();
+    drop(c);
+    let (slot, _) = redeem_in(&mut target, &info);
+    d.send(b"dgram").unwrap();
+    assert_eq!(target.ok(&format!("recv {slot}")), "dgram");
+    target.finish();
+}
+
+#[test]
+fn s1_rust_target_takes_from_another_source_process_in_both_forms() {
+    let _scene = Scene::new();
+    let session = Session::new().unwrap();
+    let mut source = peer();
+    for form in ["dup", "dup-a"] {
+        let reply = source.ok("tcp-listen 127.0.0.1:0");
+        let (slot, at) = reply.split_once(' ').unwrap();
+        let bytes = from_hex(&source.ok(&format!("{form} {slot} {}", session.pid()))).unwrap();
+        assert_eq!(bytes.len(), if form == "dup" { 628 } else { 372 });
+        source.ok(&format!("close {slot}"));
+        let info = ProtocolInfo::from_bytes(&bytes).unwrap();
+        let listener = TcpListener::try_from(session.redeem(&info).unwrap()).unwrap();
+        assert_eq!(listener.local_addr().unwrap().to_string(), at);
+        let client = TcpStream::connect(at).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        assert_eq!(served.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
+    source.finish();
+}
+
+#[test]
+fn s2_non_sockets_fail_with_wsaenotsock_before_the_pid_is_checked() {
+    let _scene = Scene::new();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
+    let me = sockshare::current_pid();
+    for pid in [me, 0, u32::MAX] {
+        expect_kind(duplicate(&file, pid), ErrorKind::NotSocket);
+        expect_kind(duplicate(&pipe_r, pid), ErrorKind::NotSocket);
+        expect_kind(duplicate(&pipe_w, pid), ErrorKind::NotSocket);
+    }
+}
+
+#[test]
+fn s3_pids_without_a_session_fail_with_wsaeinval() {
+    let _scene = Scene::new();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A process that ran and ended: its pid is free.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    // A live process with no session.
+    let mut idle = peer();
+    for pid in [
+        0,
+        gone_pid,
+        idle.pid,
+        sockshare::current_pid(),
+        i32::MAX as u32 + 1,
+    ] {
+        let e = expect_kind(duplicate(&socket, pid), ErrorKind::Invalid);
+        assert!(!e.message().is_empty());
+    }
+    // After the session ends the pid is refused again.
+    idle.ok("session");
+    let info = duplicate(&socket, idle.pid).unwrap();
+    idle.ok("end");
+    expect_kind(duplicate(&socket, idle.pid), ErrorKind::Invalid);
+    idle.ok("session");
+    idle.fails_with(&format!("redeem {}", hex_w(&info)), "WSAEINVAL");
+    idle.finish();
+}
+
+#[test]
+fn s6_infos_are_single_use_bound_to_the_target_and_checked() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    let mut other = peer();
+    target.ok("session");
+    other.ok("session");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let info = duplicate(&socket, target.pid).unwrap();
+    let target_fds = target.fds();
+    let other_fds = other.fds();
+
+    // Another process cannot use it.
+    other.fails_with(&format!("redeem {}", hex_w(&info)), "WSAEINVAL");
+    // Forged and damaged infos are refused, in both forms.
+    let forged = to_hex(&[0x5au8; 628]);
+    target.fails_with(&format!("redeem {forged}"), "WSAEINVAL");
+    let mut damaged = info.to_bytes_a();
+    damaged[92] ^= 0x40;
+    target.fails_with(&format!("redeem {}", to_hex(&damaged)), "WSAEINVAL");
+    // An altered field with a recomputed integrity check still does not match what the
+    // source sent beside the socket.
+    let mut altered = info.to_bytes_w();
+    altered[88] = 1; // iSocketType: SOCK_STREAM
+    altered[112..116].fill(0);
+    let crc = crc32fast::hash(&altered);
+    altered[112..116].copy_from_slice(&crc.to_le_bytes());
+    assert!(
+        ProtocolInfo::from_bytes(&altered).is_ok(),
+        "CRC recomputed like the library"
+    );
+    target.fails_with(&format!("redeem {}", to_hex(&altered)), "WSAEINVAL");
+    // A guessed token with the right integrity check names no pending socket.
+    let mut guessed = info.to_bytes_w();
+    guessed[8] ^= 1;
+    guessed[112..116].fill(0);
+    let crc = crc32fast::hash(&guessed);
+    guessed[112..116].copy_from_slice(&crc.to_le_bytes());
+    target.fails_with(&format!("redeem {}", to_hex(&guessed)), "WSAEINVAL");
+    assert_eq!(
+        target.fds(),
+        target_fds,
+        "a refused redeem created a descriptor"
+    );
+    assert_eq!(
+        other.fds(),
+        other_fds,
+        "a refused redeem created a descriptor"
+    );
+
+    // The genuine info works once.
+    let (slot, _) = redeem_in(&mut target, &info);
+    target.fails_with(&format!("redeem {}", hex_w(&info)), "WSAEINVAL");
+    target.ok(&format!("close {slot}"));
+    assert_eq!(
+        target.fds(),
+        target_fds - 1,
+        "the redeemed socket left the table"
+    );
+    target.finish();
+    other.finish();
+}
+
+#[test]
+fn s7_source_may_close_or_exit_right_after_duplicate() {
+    let _scene = Scene::new();
+    let session = Session::new().unwrap();
+    for ending in ["exit", "kill"] {
+        let mut source = peer();
+        let reply = source.ok("tcp-listen 127.0.0.1:0");
+        let (slot, at) = reply.split_once(' ').unwrap();
+        let bytes = from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
+        if ending == "exit" {
+            source.exit();
+        } else {
+            source.kill();
+        }
+        let info = ProtocolInfo::from_bytes(&bytes).unwrap();
+        let listener = TcpListener::try_from(session.redeem(&info).unwrap()).unwrap();
+        let mut client = TcpStream::connect(at).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        served.write_all(ending.as_bytes()).unwrap();
+        assert_eq!(read_text(&mut client), ending);
+    }
+}
+
+#[test]
+fn s8_options_and_nonblocking_mode_are_shared_both_ways() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let ours = socket2::SockRef::from(&stream);
+    let info = duplicate(&stream, target.pid).unwrap();
+    let (slot, _) = redeem_in(&mut target, &info);
+
+    ours.set_recv_buffer_size(65536).unwrap();
+    let seen: usize = target.ok(&format!("getopt {slot} rcvbuf")).parse().unwrap();
+    assert_eq!(seen, ours.recv_buffer_size().unwrap());
+    target.ok(&format!("setopt {slot} rcvbuf 32768"));
+    let seen: usize = target.ok(&format!("getopt {slot} rcvbuf")).parse().unwrap();
+    assert_eq!(ours.recv_buffer_size().unwrap(), seen);
+    assert_ne!(seen, 0);
+
+    ours.set_nonblocking(true).unwrap();
+    assert_eq!(target.ok(&format!("getopt {slot} nonblocking")), "true");
+    target.ok(&format!("setopt {slot} nonblocking false"));
+    assert!(!ours.nonblocking().unwrap());
+    target.finish();
+}
+
+#[test]
+fn s9_closing_one_descriptor_leaves_the_other_and_the_last_close_ends_the_socket() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let info = duplicate(&client, target.pid).unwrap();
+    let (slot, _) = redeem_in(&mut target, &info);
+    drop(client);
+    // Our close did not end the connection: no EOF, and it still carries data.
+    server.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let e = server.read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    server.set_nonblocking(false).unwrap();
+    server.write_all(b"still-open").unwrap();
+    assert_eq!(target.ok(&format!("recv {slot}")), "still-open");
+    target.ok(&format!("send {slot} reply"));
+    assert_eq!(read_text(&mut server), "reply");
+    // The target's close is the last: the peer sees EOF.
+    target.ok(&format!("close {slot}"));
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(server.read(&mut buf).unwrap(), 0);
+    target.finish();
+}
+
+#[test]
+fn s10_a_target_out_of_descriptors_gets_wsaemfile_and_loses_nothing() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let before = target.fds();
+    target.ok(&format!("nofile {}", before + 16));
+    let filled: usize = target.ok("fill-fds").parse().unwrap();
+    assert!(filled >= 1);
+    let info = duplicate(&listener, target.pid).unwrap();
+    drop(listener); // only the pending reference keeps the socket now
+    target.fails_with(&format!("redeem {}", hex_w(&info)), "WSAEMFILE");
+    target.fails_with(&format!("redeem {}", hex_w(&info)), "WSAEMFILE");
+    target.ok("free-fds 1");
+    let (slot, _) = redeem_in(&mut target, &info);
+    let mut client = TcpStream::connect(at).unwrap();
+    target.ok("free-fds 1");
+    let conn = target.ok(&format!("accept {slot}"));
+    target.ok(&format!("send {conn} survived"));
+    assert_eq!(read_text(&mut client), "survived");
+    target.ok("nofile 4096");
+    target.finish();
+}
+
+#[test]
+fn s11_a_full_queue_gives_wsaenobufs_and_leaks_nothing() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session capacity=4");
+    let mut infos = Vec::new();
+    let mut refused = None;
+    for _ in 0..20_000 {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match duplicate(&socket, target.pid) {
+            Ok(info) => infos.push(info),
+            Err(e) => {
+                refused = Some((e, socket));
+                break;
+            }
+        }
+    }
+    let (err, socket) = refused.expect("the queue never filled");
+    assert_eq!(err.kind(), ErrorKind::NoBufferSpace, "{err}");
+    assert!(infos.len() >= 4, "only {} accepted", infos.len());
+    // The refused socket is still ours and whole.
+    socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
+    drop(socket);
+    assert_eq!(target.ok("pending"), "4");
+    // Every accepted info is still good, including those the kernel queued past capacity.
+    for info in &infos {
+        let (slot, _) = redeem_in(&mut target, info);
+        target.ok(&format!("close {slot}"));
+    }
+    assert_eq!(target.ok("pending"), "0");
+    // And there is room again.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let info = duplicate(&socket, target.pid).unwrap();
+    redeem_in(&mut target, &info);
+    target.finish();
+}
+
+/// A connected pair whose client end is pending in `target` (and closed here): returns
+/// the server end, which sees EOF only when the pending reference is released.
+fn pending_connection(target: &mut Peer) -> (TcpStream, ProtocolInfo) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let info = duplicate(&client, target.pid).unwrap();
+    drop(client);
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (server, info)
+}
+
+fn assert_still_open(server: &TcpStream) {
+    server.set_nonblocking(true).unwrap();
+    let e = (&*server).read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the connection ended early"
+    );
+    server.set_nonblocking(false).unwrap();
+}
+
+fn assert_eof(mut server: &TcpStream) {
+    assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0, "expected EOF");
+}
+
+#[test]
+fn s12_a_target_that_ends_or_dies_without_redeeming_releases_its_sockets() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let (server, _) = pending_connection(&mut target);
+    assert_still_open(&server);
+    target.ok("end");
+    assert_eof(&server);
+    target.finish();
+
+    for ending in ["exit", "kill"] {
+        let mut target = peer();
+        target.ok("session");
+        let (server, _) = pending_connection(&mut target);
+        assert_still_open(&server);
+        if ending == "exit" {
+            target.exit();
+        } else {
+            target.kill();
+        }
+        assert_eof(&server);
+    }
+}
+
+#[test]
+fn s15_a_forked_child_is_another_process() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let info = duplicate(&socket, target.pid).unwrap();
+    let report = target.ok(&format!("fork redeem {}", hex_w(&info)));
+    let words: Vec<&str> = report.split_whitespace().collect();
+    // The inherited session refuses the parent's info; the child starts its own session,
+    // which refuses it too.
+    assert_eq!(words[0], "WSAEINVAL", "{report}");
+    assert_eq!(words[1], "own-session", "{report}");
+    assert_ne!(words[2], target.pid.to_string(), "{report}");
+    assert_eq!(words[3], "WSAEINVAL", "{report}");
+    // The parent still can.
+    redeem_in(&mut target, &info);
+
+    // A child that lives on holds none of the parent's pending sockets.
+    let (server, _) = pending_connection(&mut target);
+    let child: i32 = target.ok("fork hold 20").parse().unwrap();
+    target.ok("end");
+    assert_eof(&server);
+    // SAFETY: killing the peer's child, which this test made it start.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    target.finish();
+}
+
+#[test]
+fn s16_other_network_or_pid_namespaces_get_a_clean_wsaeinval() {
+    let _scene = Scene::new();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    // Another network namespace: its session's name is not visible from here.
+    let mut netns = PeerCommand::wrapped(&["unshare", "--net"], PEER).spawn();
+    let outside = descendant(netns.child_pid());
+    netns.ok("session");
+    expect_kind(duplicate(&socket, outside), ErrorKind::Invalid);
+    netns.finish();
+
+    // Another pid namespace (same network namespace): the peer's session is named by its
+    // own pid, which here is some other process's pid or none; never delivered.
+    let mut pidns = PeerCommand::wrapped(&["unshare", "--pid", "--fork"], PEER).spawn();
+    let outside = descendant(pidns.child_pid());
+    assert_ne!(
+        pidns.pid, outside,
+        "the peer should see itself with another pid"
+    );
+    pidns.ok("session");
+    expect_kind(duplicate(&socket, outside), ErrorKind::Invalid);
+    expect_kind(duplicate(&socket, pidns.pid), ErrorKind::Invalid);
+    // And from inside out: this process is invisible there.
+    let session = Session::new().unwrap();
+    let slot = pidns.ok("udp-bind 127.0.0.1:0");
+    let slot = slot.split_whitespace().next().unwrap();
+    pidns.fails_with(&format!("dup {slot} {}", session.pid()), "WSAEINVAL");
+    drop(session);
+    pidns.finish();
+}
+
+/// The innermost descendant of `pid` (the peer under its `unshare` wrappers).
+fn descendant(pid: u32) -> u32 {
+    let mut pid = pid;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children.split_whitespace().next() {
+            Some(c) => pid = c.parse().unwrap(),
+            None => return pid,
+        }
+    }
+}
+
+#[test]
+fn s17_the_policy_decides_who_may_push_and_refused_pushes_are_closed() {
+    let _scene = Scene::new();
+    // Root target, default policy: a source running as nobody is refused.
+    let session = Session::new().unwrap();
+    let mut nobody = PeerCommand::new(PEER).as_user(NOBODY, NOBODY).spawn();
+    let slot = nobody.ok("udp-bind 127.0.0.1:0");
+    let slot = slot.split_whitespace().next().unwrap().to_owned();
+    nobody.fails_with(&format!("dup {slot} {}", session.pid()), "WSAEINVAL");
+
+    // A hostile source pushing before the verdict: refused, and what it sent is closed.
+    let pair = nobody.ok("unix-pair");
+    let (a, b) = pair.split_once(' ').unwrap();
+    let verdict = nobody.ok(&format!("raw-push {} {a}", session.pid()));
+    assert!(verdict == "refused" || verdict == "reset", "{verdict}");
+    nobody.ok(&format!("close {a}"));
+    assert_eq!(nobody.ok(&format!("recv {b}")), "<eof>");
+    assert_eq!(session.pending(), 0);
+    drop(session);
+
+    // A policy naming nobody's uid admits it.
+    let session = Session::builder()
+        .policy(Policy::AllowUids(vec![NOBODY]))
+        .start()
+        .unwrap();
+    let bytes = from_hex(&nobody.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
+    let info = ProtocolInfo::from_bytes(&bytes).unwrap();
+    UdpSocket::try_from(session.redeem(&info).unwrap()).unwrap();
+    drop(session);
+
+    // Root may push to any user's session (as with PROCESS_DUP_HANDLE).
+    let pid = nobody.ok("session");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let info = duplicate(&socket, pid.parse().unwrap()).unwrap();
+    redeem_in(&mut nobody, &info);
+    nobody.finish();
+}
