@@ -188,3 +188,8 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// The README's Rust example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
