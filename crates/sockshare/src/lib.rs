@@ -45,6 +45,7 @@ mod sys;
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};
 pub use session::{
-    current_pid, disconnect_all, duplicate, Policy, Session, SessionBuilder, DEFAULT_CAPACITY,
+    current_pid, disconnect_all, duplicate, probe_target, Policy, Session, SessionBuilder,
+    DEFAULT_CAPACITY,
 };
 pub use socket::{KindMismatch, SharedSocket};

@@ -244,3 +244,16 @@ pub fn current_pid() -> u32 {
 pub fn disconnect_all() {
     sys::disconnect_all()
 }
+
+/// Checks, without sharing anything, that [`duplicate`] could reach `target_pid`: the
+/// process exists, has an active session, and its policy admits this process. Fails with
+/// `WSAEINVAL` where `duplicate` would. The C interface uses it to report a bad pid before
+/// a NULL info pointer, in Windows' order, without leaving a socket pending in the target.
+///
+/// ```
+/// let err = sockshare::probe_target(0).unwrap_err();
+/// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
+/// ```
+pub fn probe_target(target_pid: u32) -> Result<()> {
+    sys::probe(target_pid)
+}

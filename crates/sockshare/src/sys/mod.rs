@@ -23,6 +23,8 @@
 //! - `fn current_pid() -> u32`.
 //! - `fn disconnect_all()`: closes whatever a source keeps open to reach targets (the next
 //!   `duplicate` reopens it).
+//! - `fn probe(target_pid) -> Result<()>`: the target checks of `duplicate` (`Invalid` as
+//!   there), without pushing anything.
 //!
 //! The Linux backend lives in [`linux`]; Windows (the native `WSADuplicateSocketW`) and macOS
 //! come later behind this same contract.
@@ -30,7 +32,7 @@
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{current_pid, disconnect_all, duplicate, socket_kind, Session};
+pub(crate) use linux::{current_pid, disconnect_all, duplicate, probe, socket_kind, Session};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("sockshare has a Linux backend only so far; the Windows backend is being built");

@@ -32,7 +32,7 @@ use rustix::io::Errno;
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::SocketKind;
 
-pub(crate) use source::{disconnect_all, duplicate};
+pub(crate) use source::{disconnect_all, duplicate, probe};
 pub(crate) use target::Session;
 
 /// The id of the calling process.

@@ -139,6 +139,27 @@ fn link_to(pid: u32) -> Result<(Arc<OwnedFd>, bool)> {
     Ok((link, true))
 }
 
+/// Checks that `target_pid` would accept a duplicate from this process (it exists, has a
+/// session, and its policy admits this process) without pushing anything. Leaves the
+/// connection cached for the next `duplicate`.
+pub(crate) fn probe(target_pid: u32) -> Result<()> {
+    if target_pid == 0 || target_pid > i32::MAX as u32 {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!("{target_pid} is not a process id"),
+        ));
+    }
+    super::install_fork_handlers();
+    let (link, fresh) = link_to(target_pid)?;
+    // A cached connection may have outlived the target's session (it then polls as
+    // readable or hung up, since a live session never writes after its answer).
+    if !fresh && wait_ready(&*link, PollFlags::IN, Duration::ZERO).unwrap_or(true) {
+        forget_link(target_pid, &link);
+        link_to(target_pid)?;
+    }
+    Ok(())
+}
+
 /// Closes every cached connection to targets' sessions.
 pub(crate) fn disconnect_all() {
     if let Some(map) = LINKS.lock().as_mut() {
