@@ -60,6 +60,22 @@ impl Drop for Scene {
     }
 }
 
+/// A scene with one peer that has started a session.
+fn target_scene() -> (Scene, Peer) {
+    let scene = Scene::new();
+    let mut target = peer();
+    target.ok("session");
+    (scene, target)
+}
+
+/// A connected TCP pair on loopback: (client, server).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
 fn hex_w(info: &ProtocolInfo) -> String {
     to_hex(&info.to_bytes_w())
 }
@@ -94,9 +110,7 @@ fn expect_kind<T: std::fmt::Debug>(r: sockshare::Result<T>, kind: ErrorKind) -> 
 
 #[test]
 fn s1_tcp_listeners_ipv4_and_ipv6() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
     for addr in ["127.0.0.1:0", "[::1]:0"] {
         let listener = TcpListener::bind(addr).unwrap();
         let at = listener.local_addr().unwrap();
@@ -117,12 +131,8 @@ fn s1_tcp_listeners_ipv4_and_ipv6() {
 
 #[test]
 fn s1_connected_tcp_stream_both_ways() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    let (_scene, mut target) = target_scene();
+    let (client, mut server) = tcp_pair();
     let info = duplicate(&client, target.pid).unwrap();
     drop(client);
     let (slot, _) = redeem_in(&mut target, &info);
@@ -135,9 +145,7 @@ fn s1_connected_tcp_stream_both_ways() {
 
 #[test]
 fn s1_udp_ipv4_and_ipv6() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
     for addr in ["127.0.0.1:0", "[::1]:0"] {
         let socket = UdpSocket::bind(addr).unwrap();
         let at = socket.local_addr().unwrap();
@@ -161,9 +169,7 @@ fn s1_udp_ipv4_and_ipv6() {
 
 #[test]
 fn s1_unbound_sockets_are_shared_before_bind() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
     let ours = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let info = duplicate(&ours, target.pid).unwrap();
     let (slot, _) = redeem_in(&mut target, &info);
@@ -186,9 +192,7 @@ fn s1_unbound_sockets_are_shared_before_bind() {
 
 #[test]
 fn s1_unix_domain_stream_listener_and_datagram() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
 
     let (a, mut b) = UnixStream::pair().unwrap();
     let info = duplicate(&a, target.pid).unwrap();
@@ -371,11 +375,8 @@ fn s7_source_may_close_or_exit_right_after_duplicate() {
 
 #[test]
 fn s8_options_and_nonblocking_mode_are_shared_both_ways() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_scene, mut target) = target_scene();
+    let (stream, _server) = tcp_pair();
     let ours = socket2::SockRef::from(&stream);
     let info = duplicate(&stream, target.pid).unwrap();
     let (slot, _) = redeem_in(&mut target, &info);
@@ -397,12 +398,8 @@ fn s8_options_and_nonblocking_mode_are_shared_both_ways() {
 
 #[test]
 fn s9_closing_one_descriptor_leaves_the_other_and_the_last_close_ends_the_socket() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    let (_scene, mut target) = target_scene();
+    let (client, mut server) = tcp_pair();
     let info = duplicate(&client, target.pid).unwrap();
     let (slot, _) = redeem_in(&mut target, &info);
     drop(client);
@@ -427,9 +424,7 @@ fn s9_closing_one_descriptor_leaves_the_other_and_the_last_close_ends_the_socket
 
 #[test]
 fn s10_a_target_out_of_descriptors_gets_wsaemfile_and_loses_nothing() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let at = listener.local_addr().unwrap();
     let before = target.fds();
@@ -491,9 +486,7 @@ fn s11_a_full_queue_gives_wsaenobufs_and_leaks_nothing() {
 /// A connected pair whose client end is pending in `target` (and closed here): returns
 /// the server end, which sees EOF only when the pending reference is released.
 fn pending_connection(target: &mut Peer) -> (TcpStream, ProtocolInfo) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    let (client, server) = tcp_pair();
     let info = duplicate(&client, target.pid).unwrap();
     drop(client);
     server
@@ -519,9 +512,7 @@ fn assert_eof(mut server: &TcpStream) {
 
 #[test]
 fn s12_a_target_that_ends_or_dies_without_redeeming_releases_its_sockets() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
     let (server, _) = pending_connection(&mut target);
     assert_still_open(&server);
     target.ok("end");
@@ -544,9 +535,7 @@ fn s12_a_target_that_ends_or_dies_without_redeeming_releases_its_sockets() {
 
 #[test]
 fn s15_a_forked_child_is_another_process() {
-    let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
+    let (_scene, mut target) = target_scene();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let info = duplicate(&socket, target.pid).unwrap();
     let report = target.ok(&format!("fork redeem {}", hex_w(&info)));
@@ -651,4 +640,55 @@ fn s17_the_policy_decides_who_may_push_and_refused_pushes_are_closed() {
     let info = duplicate(&socket, pid.parse().unwrap()).unwrap();
     redeem_in(&mut nobody, &info);
     nobody.finish();
+}
+
+#[test]
+fn s1_redeemed_sockets_convert_into_tokio_types() {
+    let _scene = Scene::new();
+    let session = Session::new().unwrap();
+    let mut source = peer();
+    let reply = source.ok("tcp-listen 127.0.0.1:0");
+    let (slot, at) = reply.split_once(' ').unwrap();
+    let bytes = from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
+    let udp = source.ok("udp-bind 127.0.0.1:0");
+    let udp_slot = udp.split_whitespace().next().unwrap();
+    let udp_bytes = from_hex(&source.ok(&format!("dup {udp_slot} {}", session.pid()))).unwrap();
+    let shared = session
+        .redeem(&ProtocolInfo::from_bytes(&bytes).unwrap())
+        .unwrap();
+    let shared_udp = session
+        .redeem(&ProtocolInfo::from_bytes(&udp_bytes).unwrap())
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        // The wrong kind is refused without losing the socket.
+        let shared_udp = match shared_udp.into_tokio_tcp_listener() {
+            Ok(_) => panic!("a UDP socket became a TCP listener"),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+                let mismatch = e
+                    .into_inner()
+                    .unwrap()
+                    .downcast::<sockshare::KindMismatch>()
+                    .unwrap();
+                mismatch.into_socket()
+            }
+        };
+        shared_udp.into_tokio_udp_socket().unwrap();
+        let listener = shared.into_tokio_tcp_listener().unwrap();
+        let client = std::thread::spawn({
+            let at = at.to_owned();
+            move || read_text(TcpStream::connect(at).unwrap())
+        });
+        let (mut conn, _) = listener.accept().await.unwrap();
+        conn.write_all(b"async").await.unwrap();
+        drop(conn);
+        assert_eq!(client.join().unwrap(), "async");
+    });
+    drop(runtime);
+    source.finish();
 }

@@ -153,8 +153,9 @@ mod tokio_conversions {
             #[doc = concat!("Converts into a [`", stringify!($tokio), "`], switching the shared ")]
             #[doc = "socket to nonblocking mode (which the other process sees too, as on Windows)."]
             #[doc = ""]
-            #[doc = "Fails if the socket is of another kind (the error holds no socket: it is"]
-            #[doc = "closed), and panics outside a tokio runtime, as tokio's `from_std` does."]
+            #[doc = "Fails if the socket is of another kind: the `io::Error` wraps a"]
+            #[doc = "[`KindMismatch`](crate::KindMismatch) that gives the socket back. Panics outside a"]
+            #[doc = "tokio runtime, as tokio's `from_std` does."]
             pub fn $name(self) -> io::Result<$tokio> {
                 let std = <$std>::try_from(self)?;
                 std.set_nonblocking(true)?;
