@@ -692,3 +692,32 @@ fn s1_redeemed_sockets_convert_into_tokio_types() {
     drop(runtime);
     source.finish();
 }
+
+/// Descriptors of a program this process runs: a shell listing its own.
+fn fds_of_exec_child() -> usize {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ls /proc/self/fd | wc -l"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn s14_programs_a_target_runs_inherit_nothing_of_the_session() {
+    let _scene = Scene::new();
+    let alone = fds_of_exec_child();
+    let session = Session::new().unwrap();
+    let mut source = peer();
+    let slot = source.ok("udp-bind 127.0.0.1:0");
+    let slot = slot.split_whitespace().next().unwrap();
+    let bytes = from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
+    let pending = ProtocolInfo::from_bytes(&bytes).unwrap();
+    source.ok(&format!("dup {slot} {}", session.pid()));
+    let redeemed = session.redeem(&pending).unwrap();
+    // Session endpoint, its spare, a source connection, one pending and one redeemed
+    // socket: none of them reaches the child.
+    assert_eq!(fds_of_exec_child(), alone);
+    drop(redeemed);
+    drop(session);
+    source.finish();
+}

@@ -266,7 +266,7 @@ impl Endpoint {
         )
         .and_then(|()| epoll::add(&epoll, &wake, epoll::EventData::new_u64(WAKE_KEY), edge))
         .map_err(|e| not_ready("watching the session endpoint", e))?;
-        let reserve = rustix::io::dup(&wake).ok();
+        let reserve = rustix::io::fcntl_dupfd_cloexec(&wake, 0).ok();
         Ok(Endpoint {
             pid,
             options,
@@ -429,7 +429,10 @@ impl Inner {
         }
         // Pending sockets come first: the spare is taken back only from what they leave.
         if !self.out_of_fds && self.reserve.is_none() {
-            self.reserve = self.listener.as_ref().and_then(|l| rustix::io::dup(l).ok());
+            self.reserve = self
+                .listener
+                .as_ref()
+                .and_then(|l| rustix::io::fcntl_dupfd_cloexec(l, 0).ok());
         }
     }
 
