@@ -1,1 +1,575 @@
-//! Winsock-compatible C interface (being built).
+//! Winsock-compatible C interface to sockshare: `libws2_32.so` / `libws2_32.a` and
+//! `include/winsock2.h`.
+//!
+//! C code written for Windows' socket sharing builds on Linux unchanged in its sharing
+//! logic:
+//!
+//! ```sh
+//! cargo build --release -p ws2_32
+//! cc app.c -Icrates/ws2_32/include -Ltarget/release -lws2_32 -Wl,-rpath,$PWD/target/release
+//! ```
+//!
+//! Every function is a thin shell over the `sockshare` crate, so C and Rust exchange the
+//! same info bytes: a C source can hand a socket to a Rust target and back.
+//!
+//! | function | what it does here |
+//! |----------|-------------------|
+//! | [`WSAStartup`] | versions 1.0 to 2.2 (higher requests get 2.2); each successful call holds one `sockshare::Session` |
+//! | [`WSACleanup`] | releases one; the last closes the sockets `WSASocket` made in this process, ends the session (pending infos are released) and closes the connections kept to targets |
+//! | [`WSADuplicateSocketA`]/[`W`](WSADuplicateSocketW) | `sockshare::duplicate`, checks in Windows' order: socket (`WSAENOTSOCK`), pid (`WSAEINVAL`), pointer (`WSAEFAULT`) |
+//! | [`WSASocketA`]/[`W`](WSASocketW) | with an info: `Session::redeem`; without: `socket(af, type, protocol)` |
+//! | [`closesocket`], [`ioctlsocket`] | `close`, and `FIONBIO`/`FIONREAD` |
+//! | [`WSAGetLastError`], [`WSASetLastError`] | per thread; a successful call leaves it untouched, as on Windows |
+//!
+//! Before `WSAStartup` and after the last `WSACleanup`, every function but the three
+//! above that need no session (`WSAStartup`, `WSAGetLastError`, `WSASetLastError`) fails
+//! with `WSANOTINITIALISED`. A process created by `fork` does not inherit its parent's
+//! initialisation (the session belongs to the parent): it calls `WSAStartup` itself.
+//!
+//! `WSAENETDOWN` is reported for an unexpected operating-system error (or a bug caught
+//! at the boundary: nothing panics across it); `WSAEINPROGRESS` never occurs on Linux.
+
+#![warn(missing_docs)]
+// The exported functions keep Windows' parameter names, so the docs read like Microsoft's.
+#![allow(non_snake_case)]
+
+pub mod types;
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::ffi::{c_int, c_long, c_ulong};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard};
+
+use sockshare::{ProtocolInfo, Session, INFO_A_SIZE, INFO_W_SIZE};
+
+pub use types::*;
+
+thread_local! {
+    static LAST_ERROR: Cell<i32> = const { Cell::new(0) };
+}
+
+fn set_last_error(code: i32) {
+    LAST_ERROR.with(|e| e.set(code));
+}
+
+/// What `WSAStartup` set up in this process.
+struct State {
+    /// The process that called `WSAStartup`; a forked child sees another pid and starts
+    /// afresh, as the core does with its session.
+    pid: u32,
+    /// One session handle per successful `WSAStartup` not yet matched by `WSACleanup`.
+    sessions: Vec<Session>,
+    /// Descriptors `WSASocket` returned and `closesocket` has not closed, with their
+    /// (device, inode), so the last `WSACleanup` closes only what is still that socket,
+    /// never a number the program closed with `close` and reused for something else.
+    sockets: BTreeMap<RawFd, (u64, u64)>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    pid: 0,
+    sessions: Vec::new(),
+    sockets: BTreeMap::new(),
+});
+
+/// The state, with a forked child's inherited copy discarded.
+fn state() -> MutexGuard<'static, State> {
+    // A panic while holding the lock is caught at the boundary; the state stays coherent
+    // (each change is one push, pop or insert), so a poisoned lock is still usable.
+    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = sockshare::current_pid();
+    if st.pid != pid {
+        // Dropping the parent's handles is harmless here: the core ignores handles of a
+        // session that belongs to another process. The descriptors stay open, as any
+        // descriptor does across fork; they are the parent's to clean up.
+        st.sessions.clear();
+        st.sockets.clear();
+        st.pid = pid;
+    }
+    st
+}
+
+/// Runs an exported function's body, turning a panic into a Winsock failure: unwinding
+/// into C is undefined behaviour, and a C caller can act on an error code.
+fn boundary<T>(body: impl FnOnce() -> Result<T, i32>) -> Result<T, i32> {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(WSAENETDOWN))
+}
+
+/// The return value of a function returning `int`: 0, or `SOCKET_ERROR` with the code
+/// stored for `WSAGetLastError`.
+fn int_result(result: Result<(), i32>) -> c_int {
+    match result {
+        Ok(()) => 0,
+        Err(code) => {
+            set_last_error(code);
+            SOCKET_ERROR
+        }
+    }
+}
+
+fn require_started(st: &State) -> Result<(), i32> {
+    if st.sessions.is_empty() {
+        Err(WSANOTINITIALISED)
+    } else {
+        Ok(())
+    }
+}
+
+fn started() -> Result<(), i32> {
+    require_started(&state())
+}
+
+/// The Winsock code for an errno met outside the sharing machinery.
+fn wsa_from_errno(errno: i32) -> i32 {
+    match errno {
+        libc::EINTR => WSAEINTR,
+        libc::EACCES | libc::EPERM => WSAEACCES,
+        libc::EFAULT => WSAEFAULT,
+        libc::EINVAL | libc::ENOTTY => WSAEINVAL,
+        libc::EMFILE | libc::ENFILE => WSAEMFILE,
+        libc::EBADF | libc::ENOTSOCK => WSAENOTSOCK,
+        libc::EAGAIN => WSAEWOULDBLOCK,
+        libc::EPROTOTYPE => WSAEPROTOTYPE,
+        libc::EPROTONOSUPPORT => WSAEPROTONOSUPPORT,
+        libc::ESOCKTNOSUPPORT => WSAESOCKTNOSUPPORT,
+        libc::EOPNOTSUPP => WSAEOPNOTSUPP,
+        libc::EPFNOSUPPORT => WSAEPFNOSUPPORT,
+        libc::EAFNOSUPPORT => WSAEAFNOSUPPORT,
+        libc::ENOBUFS | libc::ENOMEM => WSAENOBUFS,
+        _ => WSAENETDOWN,
+    }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The descriptor in a `SOCKET`, if it is an open socket. Values that are no descriptor
+/// (`INVALID_SOCKET`, anything above `INT_MAX`) are refused before any system call.
+fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
+    let fd = RawFd::try_from(s).map_err(|_| WSAENOTSOCK)?;
+    let mut ty: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `ty` and `len` are valid for writes of their sizes; getsockopt on any int,
+    // open or not, only reads the kernel's table (EBADF or ENOTSOCK when it is not a
+    // socket).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        return Ok(fd);
+    }
+    match last_errno() {
+        libc::EBADF | libc::ENOTSOCK => Err(WSAENOTSOCK),
+        e => Err(wsa_from_errno(e)),
+    }
+}
+
+/// (device, inode) of an open descriptor.
+fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for a write of a `stat`; fstat on any int only reads the
+    // kernel's table.
+    let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The widths of st_dev and st_ino differ between targets.
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.st_dev as u64, st.st_ino as u64))
+}
+
+fn duplicate_socket(
+    s: SOCKET,
+    pid: DWORD,
+    out: *mut u8,
+    write: impl FnOnce(&ProtocolInfo, *mut u8),
+) -> c_int {
+    int_result(boundary(|| {
+        started()?;
+        let fd = socket_fd(s)?;
+        if out.is_null() {
+            // Windows checks the pointer last: a bad pid is reported before it, and
+            // nothing is shared (no socket waits in the target for an info never written).
+            sockshare::probe_target(pid).map_err(|e| e.code())?;
+            return Err(WSAEFAULT);
+        }
+        // SAFETY: `socket_fd` found `fd` open; it stays open during this call unless the
+        // caller closes it from another thread meanwhile, a race the caller owns here as
+        // with any descriptor (and on Windows).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let info = sockshare::duplicate(borrowed, pid).map_err(|e| e.code())?;
+        write(&info, out);
+        Ok(())
+    }))
+}
+
+/// `WSADuplicateSocketA`: makes the info (372 bytes, `WSAPROTOCOL_INFOA`) with which
+/// process `dwProcessId` creates its own descriptor for socket `s` with `WSASocketA`
+/// (or, after converting it, `WSASocketW`). From this moment the target holds the
+/// socket: `s` may be closed at once.
+///
+/// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED`, `WSAENOTSOCK` (not an open
+/// socket), `WSAEINVAL` (no such process, no session there, or its policy refuses this
+/// process), `WSAEFAULT` (`lpProtocolInfo` NULL), `WSAENOBUFS` (the target's queue of
+/// unredeemed infos is full), in that order.
+///
+/// # Safety
+///
+/// `lpProtocolInfo` is NULL or points to memory writable for a `WSAPROTOCOL_INFOA`.
+#[no_mangle]
+pub unsafe extern "C" fn WSADuplicateSocketA(
+    s: SOCKET,
+    dwProcessId: DWORD,
+    lpProtocolInfo: *mut WSAPROTOCOL_INFOA,
+) -> c_int {
+    duplicate_socket(s, dwProcessId, lpProtocolInfo.cast(), |info, out| {
+        let bytes = info.to_bytes_a();
+        // SAFETY: the caller guarantees `out` is writable for a WSAPROTOCOL_INFOA, which
+        // is INFO_A_SIZE bytes; a byte copy needs no alignment.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, INFO_A_SIZE) };
+    })
+}
+
+/// `WSADuplicateSocketW`: as [`WSADuplicateSocketA`], writing the 628-byte
+/// `WSAPROTOCOL_INFOW` (the form Rust's `ProtocolInfo::to_bytes_w` produces).
+///
+/// # Safety
+///
+/// `lpProtocolInfo` is NULL or points to memory writable for a `WSAPROTOCOL_INFOW`.
+#[no_mangle]
+pub unsafe extern "C" fn WSADuplicateSocketW(
+    s: SOCKET,
+    dwProcessId: DWORD,
+    lpProtocolInfo: *mut WSAPROTOCOL_INFOW,
+) -> c_int {
+    duplicate_socket(s, dwProcessId, lpProtocolInfo.cast(), |info, out| {
+        let bytes = info.to_bytes_w();
+        // SAFETY: the caller guarantees `out` is writable for a WSAPROTOCOL_INFOW, which
+        // is INFO_W_SIZE bytes; a byte copy needs no alignment.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, INFO_W_SIZE) };
+    })
+}
+
+/// An af/type/protocol argument agrees with the info's value (S13).
+fn matches_info(arg: c_int, value: i32) -> bool {
+    arg == FROM_PROTOCOL_INFO || arg == 0 || arg == value
+}
+
+fn create_socket(
+    af: c_int,
+    ty: c_int,
+    protocol: c_int,
+    info: Option<&[u8]>,
+    g: GROUP,
+    flags: DWORD,
+) -> SOCKET {
+    let result = boundary(|| {
+        let mut st = state();
+        require_started(&st)?;
+        if flags & !(WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT) != 0 || g != 0 {
+            return Err(WSAEINVAL);
+        }
+        let inherit = flags & WSA_FLAG_NO_HANDLE_INHERIT == 0;
+        let fd = match info {
+            Some(bytes) => {
+                let info = ProtocolInfo::from_bytes(bytes).map_err(|e| e.code())?;
+                // Checked before redeeming, so a wrong call leaves the info usable.
+                if !matches_info(af, info.address_family())
+                    || !matches_info(ty, info.socket_type())
+                    || !matches_info(protocol, info.protocol())
+                {
+                    return Err(WSAEINVAL);
+                }
+                let session = st.sessions.last().ok_or(WSANOTINITIALISED)?;
+                let fd = session.redeem(&info).map_err(|e| e.code())?.into_owned_fd();
+                if inherit {
+                    // The core hands out close-on-exec descriptors; Windows' handles are
+                    // inheritable unless WSA_FLAG_NO_HANDLE_INHERIT is given.
+                    // SAFETY: `fd` is an open descriptor this function owns.
+                    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+                        return Err(wsa_from_errno(last_errno()));
+                    }
+                }
+                fd.into_raw_fd()
+            }
+            None => {
+                if af == FROM_PROTOCOL_INFO || ty == FROM_PROTOCOL_INFO {
+                    return Err(WSAEINVAL);
+                }
+                let ty = if inherit { ty } else { ty | libc::SOCK_CLOEXEC };
+                // SAFETY: socket takes plain integers; the descriptor it returns is owned
+                // by the caller through the SOCKET.
+                let fd = unsafe { libc::socket(af, ty, protocol) };
+                if fd < 0 {
+                    return Err(wsa_from_errno(last_errno()));
+                }
+                fd
+            }
+        };
+        if let Some(id) = identity(fd) {
+            st.sockets.insert(fd, id);
+        }
+        Ok(fd as SOCKET)
+    });
+    result.unwrap_or_else(|code| {
+        set_last_error(code);
+        INVALID_SOCKET
+    })
+}
+
+/// `WSASocketA`: with `lpProtocolInfo`, creates this process's descriptor for a shared
+/// socket (once per info; only in the process it was made for); with NULL, an ordinary
+/// `socket(af, type, protocol)`.
+///
+/// With an info, `af`, `type` and `protocol` must each be `FROM_PROTOCOL_INFO`, 0, or the
+/// info's value. `dwFlags`: `WSA_FLAG_OVERLAPPED` is accepted (no effect);
+/// `WSA_FLAG_NO_HANDLE_INHERIT` makes the descriptor close-on-exec (otherwise it is
+/// inherited across exec, like a Windows handle). `g` must be 0.
+///
+/// Returns the socket, or `INVALID_SOCKET` with `WSANOTINITIALISED`, `WSAEINVAL` (a used,
+/// foreign, forged or damaged info, arguments that disagree with it, unknown flags),
+/// `WSAEMFILE` (out of descriptors: the info stays valid), or the error of `socket`.
+///
+/// # Safety
+///
+/// `lpProtocolInfo` is NULL or points to a readable, initialised `WSAPROTOCOL_INFOA`.
+#[no_mangle]
+pub unsafe extern "C" fn WSASocketA(
+    af: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    lpProtocolInfo: *const WSAPROTOCOL_INFOA,
+    g: GROUP,
+    dwFlags: DWORD,
+) -> SOCKET {
+    let bytes = (!lpProtocolInfo.is_null()).then(|| {
+        // SAFETY: the caller guarantees a readable, initialised WSAPROTOCOL_INFOA, which
+        // is INFO_A_SIZE bytes without padding; read_unaligned needs no alignment.
+        unsafe { std::ptr::read_unaligned(lpProtocolInfo.cast::<[u8; INFO_A_SIZE]>()) }
+    });
+    create_socket(
+        af,
+        r#type,
+        protocol,
+        bytes.as_ref().map(|b| &b[..]),
+        g,
+        dwFlags,
+    )
+}
+
+/// `WSASocketW`: as [`WSASocketA`], reading a 628-byte `WSAPROTOCOL_INFOW` (the form
+/// Rust's `ProtocolInfo::to_bytes_w` produces).
+///
+/// # Safety
+///
+/// `lpProtocolInfo` is NULL or points to a readable, initialised `WSAPROTOCOL_INFOW`.
+#[no_mangle]
+pub unsafe extern "C" fn WSASocketW(
+    af: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    lpProtocolInfo: *const WSAPROTOCOL_INFOW,
+    g: GROUP,
+    dwFlags: DWORD,
+) -> SOCKET {
+    let bytes = (!lpProtocolInfo.is_null()).then(|| {
+        // SAFETY: the caller guarantees a readable, initialised WSAPROTOCOL_INFOW, which
+        // is INFO_W_SIZE bytes without padding; read_unaligned needs no alignment.
+        unsafe { std::ptr::read_unaligned(lpProtocolInfo.cast::<[u8; INFO_W_SIZE]>()) }
+    });
+    create_socket(
+        af,
+        r#type,
+        protocol,
+        bytes.as_ref().map(|b| &b[..]),
+        g,
+        dwFlags,
+    )
+}
+
+/// `closesocket`: closes the descriptor. The underlying socket closes when its last
+/// descriptor, in any process, closes.
+///
+/// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED` or `WSAENOTSOCK`.
+#[no_mangle]
+pub extern "C" fn closesocket(s: SOCKET) -> c_int {
+    int_result(boundary(|| {
+        let mut st = state();
+        require_started(&st)?;
+        let fd = socket_fd(s)?;
+        st.sockets.remove(&fd);
+        // SAFETY: the caller hands the descriptor over to be closed, as with close(2);
+        // it was checked to be an open socket. Linux releases the descriptor even when
+        // close reports EINTR, so the result carries nothing to act on.
+        unsafe { libc::close(fd) };
+        Ok(())
+    }))
+}
+
+/// `ioctlsocket`: `FIONBIO` (`*argp` nonzero: nonblocking, which every descriptor of a
+/// shared socket sees) and `FIONREAD` (bytes readable, stored in `*argp`). Both Linux's
+/// numbers (what the header gives) and Windows' are accepted.
+///
+/// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED`, `WSAENOTSOCK`, `WSAEINVAL`
+/// (another command), `WSAEFAULT` (`argp` NULL).
+///
+/// # Safety
+///
+/// `argp` is NULL or points to a readable and writable `unsigned long` (`u_long`).
+#[no_mangle]
+pub unsafe extern "C" fn ioctlsocket(s: SOCKET, cmd: c_long, argp: *mut c_ulong) -> c_int {
+    int_result(boundary(|| {
+        started()?;
+        let fd = socket_fd(s)?;
+        // Windows' numbers arrive sign-extended from its 32-bit long; compare 32 bits.
+        let windows = cmd as u32;
+        let fionbio = cmd as c_ulong == libc::FIONBIO as c_ulong || windows == WINDOWS_FIONBIO;
+        let fionread = cmd as c_ulong == libc::FIONREAD as c_ulong || windows == WINDOWS_FIONREAD;
+        if !fionbio && !fionread {
+            return Err(WSAEINVAL);
+        }
+        if argp.is_null() {
+            return Err(WSAEFAULT);
+        }
+        let mut value: c_int = 0;
+        if fionbio {
+            // SAFETY: the caller guarantees `argp` is readable.
+            value = c_int::from(unsafe { argp.read_unaligned() } != 0);
+        }
+        let request = if fionbio {
+            libc::FIONBIO
+        } else {
+            libc::FIONREAD
+        };
+        // SAFETY: FIONBIO reads and FIONREAD writes one int at the pointer, which is a
+        // valid local `c_int`; `fd` is a descriptor number the kernel checks.
+        if unsafe { libc::ioctl(fd, request, &mut value as *mut c_int) } != 0 {
+            return Err(wsa_from_errno(last_errno()));
+        }
+        if fionread {
+            // SAFETY: the caller guarantees `argp` is writable.
+            unsafe { argp.write_unaligned(value.max(0) as c_ulong) };
+        }
+        Ok(())
+    }))
+}
+
+const HIGH_VERSION: WORD = 0x0202;
+
+fn fill_wsadata(data: *mut WSADATA, version: WORD) {
+    let mut out = WSADATA {
+        wVersion: version,
+        wHighVersion: HIGH_VERSION,
+        iMaxSockets: 0,
+        iMaxUdpDg: 0,
+        lpVendorInfo: std::ptr::null_mut(),
+        szDescription: [0; DESCRIPTION_LEN + 1],
+        szSystemStatus: [0; SYS_STATUS_LEN + 1],
+    };
+    for (dst, src) in out
+        .szDescription
+        .iter_mut()
+        .zip(b"WinSock 2.2 (sockshare on Linux)")
+    {
+        *dst = *src as std::ffi::c_char;
+    }
+    for (dst, src) in out.szSystemStatus.iter_mut().zip(b"Running") {
+        *dst = *src as std::ffi::c_char;
+    }
+    // SAFETY: the caller of WSAStartup guarantees `data` is writable for a WSADATA.
+    unsafe { data.write_unaligned(out) };
+}
+
+/// `WSAStartup`: starts using this library (and, the first time, this process's sharing
+/// session, so sources may duplicate sockets for it). Reference counted: each successful
+/// call needs one [`WSACleanup`].
+///
+/// `wVersionRequested` is `MAKEWORD(major, minor)`: 1.0 to 2.2 are granted as asked,
+/// higher requests get 2.2. Returns 0 or the error itself (not through
+/// `WSAGetLastError`, as on Windows): `WSAVERNOTSUPPORTED` below 1.0, `WSAEFAULT` for a
+/// NULL `lpWSAData`, `WSASYSNOTREADY` when the session cannot start.
+///
+/// # Safety
+///
+/// `lpWSAData` is NULL or points to memory writable for a `WSADATA`.
+#[no_mangle]
+pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSADATA) -> c_int {
+    let result = boundary(|| {
+        let [major, minor] = wVersionRequested.to_le_bytes();
+        if major == 0 {
+            if !lpWSAData.is_null() {
+                fill_wsadata(lpWSAData, HIGH_VERSION);
+            }
+            return Err(WSAVERNOTSUPPORTED);
+        }
+        if lpWSAData.is_null() {
+            return Err(WSAEFAULT);
+        }
+        let version = if (major, minor) > (2, 2) {
+            HIGH_VERSION
+        } else {
+            wVersionRequested
+        };
+        let mut st = state();
+        let session = Session::new().map_err(|_| WSASYSNOTREADY)?;
+        st.sessions.push(session);
+        fill_wsadata(lpWSAData, version);
+        Ok(())
+    });
+    match result {
+        Ok(()) => 0,
+        Err(WSAENETDOWN) => WSASYSNOTREADY,
+        Err(code) => code,
+    }
+}
+
+/// `WSACleanup`: ends one [`WSAStartup`]. The last one closes every socket
+/// `WSASocketA/W` created in this process that is still open (`closesocket` forgets a
+/// socket), ends the sharing session (sockets pending for infos never redeemed are
+/// released) and closes the connections this process kept to targets.
+///
+/// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED`.
+#[no_mangle]
+pub extern "C" fn WSACleanup() -> c_int {
+    int_result(boundary(|| {
+        let mut st = state();
+        require_started(&st)?;
+        if st.sessions.len() == 1 {
+            for (fd, id) in std::mem::take(&mut st.sockets) {
+                if identity(fd) == Some(id) {
+                    // SAFETY: `fd` is still the socket WSASocket created (same device and
+                    // inode), and the program's last WSACleanup ends its use, as on
+                    // Windows.
+                    unsafe { libc::close(fd) };
+                }
+            }
+            sockshare::disconnect_all();
+        }
+        // The last handle ends the core's session (unless Rust code in this process holds
+        // one of its own).
+        st.sessions.pop();
+        Ok(())
+    }))
+}
+
+/// `WSAGetLastError`: the error of this thread's last failed call.
+#[no_mangle]
+pub extern "C" fn WSAGetLastError() -> c_int {
+    LAST_ERROR.with(|e| e.get())
+}
+
+/// `WSASetLastError`: sets what [`WSAGetLastError`] returns in this thread.
+#[no_mangle]
+pub extern "C" fn WSASetLastError(iError: c_int) {
+    set_last_error(iError)
+}
