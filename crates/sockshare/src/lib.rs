@@ -42,6 +42,14 @@ mod session;
 mod socket;
 mod sys;
 
+/// The parsers of untrusted bytes that are otherwise private, for the fuzz targets in
+/// `fuzz/` (feature `fuzzing`). Not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::sys::fuzzing::*;
+}
+
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};
 pub use session::{

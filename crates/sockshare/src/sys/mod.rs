@@ -31,6 +31,8 @@
 
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(all(target_os = "linux", feature = "fuzzing"))]
+pub(crate) use linux::fuzzing;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::{current_pid, disconnect_all, duplicate, probe, socket_kind, Session};
 

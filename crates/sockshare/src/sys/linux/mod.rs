@@ -23,6 +23,9 @@ mod source;
 mod target;
 mod wire;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use wire::fuzzing;
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Once;

@@ -95,6 +95,45 @@ pub(super) fn parse_push(b: &[u8]) -> Option<impl Iterator<Item = Entry> + '_> {
     }))
 }
 
+/// The record codecs with plain types, for the fuzz targets (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    /// The most descriptors (and entries) one push carries.
+    pub const MAX_FDS: usize = super::MAX_FDS;
+    /// The longest valid push record.
+    pub const MAX_PUSH_LEN: usize = super::MAX_PUSH_LEN;
+
+    /// `parse_push`, its entries as `(token, tag)`.
+    pub fn parse_push(b: &[u8]) -> Option<Vec<(u64, u32)>> {
+        Some(super::parse_push(b)?.map(|e| (e.token, e.tag)).collect())
+    }
+
+    /// `push`: the record naming `entries` (1 to `MAX_FDS` of them).
+    pub fn push(entries: &[(u64, u32)]) -> Vec<u8> {
+        let entries: Vec<super::Entry> = entries
+            .iter()
+            .map(|&(token, tag)| super::Entry { token, tag })
+            .collect();
+        let mut out = [0u8; MAX_PUSH_LEN];
+        let n = super::push(&entries, &mut out);
+        out[..n].to_vec()
+    }
+
+    /// `parse_reply`, the verdict as its wire number (1 accepted, 2 refused, 3 busy).
+    pub fn parse_reply(b: &[u8]) -> Option<u16> {
+        super::parse_reply(b).map(|v| v as u16)
+    }
+
+    /// `reply` for the verdict numbered `v` (1 to 3).
+    pub fn reply(v: u16) -> Option<[u8; 16]> {
+        use super::Verdict::*;
+        let verdict = [Accepted, Refused, Busy]
+            .into_iter()
+            .find(|x| *x as u16 == v)?;
+        Some(super::reply(verdict))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
