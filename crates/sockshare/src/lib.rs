@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod channel;
 mod error;
 pub mod info;
 mod session;
@@ -50,10 +51,11 @@ pub mod fuzzing {
     pub use crate::sys::fuzzing::*;
 }
 
+pub use channel::Channel;
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};
 pub use session::{
-    current_pid, disconnect_all, duplicate, probe_target, Policy, Session, SessionBuilder,
-    DEFAULT_CAPACITY,
+    current_pid, disconnect_all, duplicate, duplicate_many, probe_target, Policy, Session,
+    SessionBuilder, DEFAULT_CAPACITY,
 };
 pub use socket::{KindMismatch, SharedSocket};

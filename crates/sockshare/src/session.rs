@@ -228,6 +228,37 @@ pub fn duplicate(socket: impl AsFd, target_pid: u32) -> Result<ProtocolInfo> {
     sys::duplicate(fd, kind, target_pid)
 }
 
+/// [`duplicate`] for many sockets at once: the infos come back in the order of `sockets`.
+///
+/// The sockets travel up to 253 per kernel message (the most `SCM_RIGHTS` carries), so
+/// a batch costs far less per socket than one `duplicate` each. Each message is
+/// all-or-nothing. Errors are those of [`duplicate`]; `WSAENOTSOCK` is checked for every
+/// socket before anything is sent. If an error happens after some messages were
+/// delivered (more than 253 sockets), their infos are not returned and those sockets
+/// stay pending in the target until its session ends.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::net::UdpSocket;
+/// let session = sockshare::Session::new()?; // target
+/// let sockets = [UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?];
+/// let infos = sockshare::duplicate_many(&sockets, session.pid())?; // source
+/// assert_eq!(infos.len(), 2);
+/// for (info, original) in infos.iter().zip(&sockets) {
+///     let shared = UdpSocket::try_from(session.redeem(info)?)?;
+///     assert_eq!(shared.local_addr()?, original.local_addr()?);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn duplicate_many<S: AsFd>(sockets: &[S], target_pid: u32) -> Result<Vec<ProtocolInfo>> {
+    let fds: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
+    let kinds = fds
+        .iter()
+        .map(|&fd| sys::socket_kind(fd))
+        .collect::<Result<Vec<_>>>()?;
+    sys::duplicate_many(&fds, &kinds, target_pid)
+}
+
 /// The id of the calling process, as [`duplicate`] expects it.
 pub fn current_pid() -> u32 {
     sys::current_pid()

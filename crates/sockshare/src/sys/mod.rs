@@ -23,6 +23,16 @@
 //! - `fn current_pid() -> u32`.
 //! - `fn disconnect_all()`: closes whatever a source keeps open to reach targets (the next
 //!   `duplicate` reopens it).
+//! - `fn duplicate_many(fds, kinds, target_pid) -> Result<Vec<ProtocolInfo>>`: `duplicate`
+//!   for many sockets, in as few kernel messages as the OS allows; each message is
+//!   all-or-nothing, and on an error the infos of earlier messages are not returned (their
+//!   sockets stay pending until the target's session ends).
+//! - `struct Channel`: one end of a connected pair that carries a socket and the info made
+//!   for the process holding the other end in one message: `pair()`, `adopt(OwnedFd)`
+//!   (this process now holds the end), `into_fd()`, `as_fd()`, `send(fd, kind)`,
+//!   `recv() -> (ProtocolInfo, OwnedFd)`; `recv` checks the sender against the default
+//!   policy and that the info names this process (`Invalid`), and never loses a socket
+//!   to a full descriptor table (`TooManyDescriptors`, the socket stays queued).
 //! - `fn probe(target_pid) -> Result<()>`: the target checks of `duplicate` (`Invalid` as
 //!   there), without pushing anything.
 //!
@@ -34,7 +44,9 @@ mod linux;
 #[cfg(all(target_os = "linux", feature = "fuzzing"))]
 pub(crate) use linux::fuzzing;
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{current_pid, disconnect_all, duplicate, probe, socket_kind, Session};
+pub(crate) use linux::{
+    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Channel, Session,
+};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("sockshare has a Linux backend only so far; the Windows backend is being built");

@@ -19,6 +19,7 @@
 //! - fork: the child must not hold the parent's pending sockets (the peer would never see
 //!   EOF) nor reuse its random tokens, so `pthread_atfork` handlers close them in the child.
 
+mod channel;
 mod source;
 mod target;
 mod wire;
@@ -35,7 +36,8 @@ use rustix::io::Errno;
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::SocketKind;
 
-pub(crate) use source::{disconnect_all, duplicate, probe};
+pub(crate) use channel::Channel;
+pub(crate) use source::{disconnect_all, duplicate, duplicate_many, probe};
 pub(crate) use target::Session;
 
 /// The id of the calling process.

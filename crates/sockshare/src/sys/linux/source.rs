@@ -38,6 +38,33 @@ pub(crate) fn duplicate(
     kind: SocketKind,
     target_pid: u32,
 ) -> Result<ProtocolInfo> {
+    let mut info = None;
+    push_chunk(&[fd], &[kind], target_pid, &mut |i| info = Some(i))?;
+    info.ok_or_else(|| Error::new(ErrorKind::NetDown, "the push produced no info"))
+}
+
+/// Duplicates many sockets for one target: one push record (one `sendmsg`) per
+/// `wire::MAX_FDS` sockets, each record all-or-nothing.
+pub(crate) fn duplicate_many(
+    fds: &[BorrowedFd<'_>],
+    kinds: &[SocketKind],
+    target_pid: u32,
+) -> Result<Vec<ProtocolInfo>> {
+    let mut infos = Vec::with_capacity(fds.len());
+    for (fds, kinds) in fds.chunks(wire::MAX_FDS).zip(kinds.chunks(wire::MAX_FDS)) {
+        push_chunk(fds, kinds, target_pid, &mut |i| infos.push(i))?;
+    }
+    Ok(infos)
+}
+
+/// Pushes up to `wire::MAX_FDS` sockets in one record and hands their infos to `out`, in
+/// order, once the record is in the target's queue.
+fn push_chunk(
+    fds: &[BorrowedFd<'_>],
+    kinds: &[SocketKind],
+    target_pid: u32,
+    out: &mut dyn FnMut(ProtocolInfo),
+) -> Result<()> {
     if target_pid == 0 || target_pid > i32::MAX as u32 {
         return Err(Error::new(
             ErrorKind::Invalid,
@@ -46,15 +73,24 @@ pub(crate) fn duplicate(
     }
     super::install_fork_handlers();
     let mut retried = false;
+    let mut entries = [Entry { token: 0, tag: 0 }; wire::MAX_FDS];
+    let mut infos = Vec::with_capacity(fds.len());
     loop {
         let (link, fresh) = link_to(target_pid)?;
-        let info = ProtocolInfo::for_share(kind, target_pid, next_token()?);
-        let entry = Entry {
-            token: info.token(),
-            tag: info.tag(),
-        };
-        match push(&link, &[entry], &[fd]) {
-            Ok(()) => return Ok(info),
+        infos.clear();
+        for (entry, &kind) in entries.iter_mut().zip(kinds) {
+            let info = ProtocolInfo::for_share(kind, target_pid, next_token()?);
+            *entry = Entry {
+                token: info.token(),
+                tag: info.tag(),
+            };
+            infos.push(info);
+        }
+        match push(&link, &entries[..fds.len()], fds) {
+            Ok(()) => {
+                infos.drain(..).for_each(&mut *out);
+                return Ok(());
+            }
             // The cached connection outlived the target's session: connect once more, to
             // whatever session the pid has now.
             Err(e) if is_disconnect(e) && !fresh && !retried => {
@@ -262,7 +298,7 @@ thread_local! {
 
 /// A fresh random token. Drawn from a per-thread pool refilled by `getrandom`, so the
 /// hot path makes no system call for it.
-fn next_token() -> Result<u64> {
+pub(super) fn next_token() -> Result<u64> {
     TOKENS.with_borrow_mut(|(generation, pool)| {
         let now = FORK_GENERATION.load(Ordering::Relaxed);
         if *generation != now {
