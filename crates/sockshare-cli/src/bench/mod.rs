@@ -48,7 +48,8 @@ pub struct BenchArgs {
     /// Repetitions of every figure (the median is reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     reps: u32,
-    /// Run only the scenarios whose name contains this text.
+    /// Run only the figures whose `scenario/variant` contains this text (e.g. `round-trip`,
+    /// `/channel`, `throughput/raw`).
     #[arg(long)]
     only: Option<String>,
     #[command(flatten)]
@@ -251,9 +252,20 @@ fn orchestrate(args: &BenchArgs) -> Result<()> {
             warmup: 20_000,
         }
     };
+    // `--only` matches `scenario/variant`, so it picks scenarios, variants or one figure.
+    let wanted = |s: Scenario, v: Variant| {
+        let name = format!("{}/{}", s.name(), v.name());
+        args.only.as_deref().map_or(true, |o| name.contains(o))
+    };
     let plan: Vec<_> = plan()
         .into_iter()
-        .filter(|(s, _)| args.only.as_deref().map_or(true, |o| s.name().contains(o)))
+        .map(|(s, vs)| {
+            (
+                s,
+                vs.into_iter().filter(|&v| wanted(s, v)).collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, vs)| !vs.is_empty())
         .collect();
     let total: usize = plan.iter().map(|(_, v)| v.len()).sum::<usize>() * args.reps as usize;
     let started = std::time::Instant::now();
