@@ -8,7 +8,7 @@ use crate::socket::SharedSocket;
 use crate::sys;
 
 /// One end of a connection that carries sockets between two processes, each with the
-/// protocol info made for the receiving process, in one message.
+/// protocol info made for the receiving process, in one message. Linux only.
 ///
 /// Where [`duplicate`](crate::duplicate) leaves the info to travel by the caller's IPC,
 /// a channel is that IPC: no session is needed, and a handoff costs one message. The

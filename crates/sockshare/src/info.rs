@@ -23,6 +23,16 @@
 //! session. The CRC detects damage; the target also compares it with the one the source
 //! sent beside the socket, so an info whose fields were altered is refused even when the
 //! CRC was recomputed.
+//!
+//! **On Windows** the info is the one the native `WSADuplicateSocketW` wrote: every field
+//! above (service flags, provider id, reserved fields) is Windows' own, carried through
+//! unchanged. sockshare's sharing state (target pid, a single-use nonce, a CRC-32 of the
+//! whole info) rides in the last 24 bytes of `szProtocol`, after the provider name's
+//! terminating NUL, where no provider looks; see `sys/windows/info.rs`.
+
+// The constructors of sockshare's own provider fields below serve the Unix
+// representation; on Windows the native provider fills the info.
+#![cfg_attr(windows, allow(dead_code))]
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -329,6 +339,7 @@ impl SocketKind {
 /// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
 /// assert!(ProtocolInfo::from_bytes(b"short").is_err());
 /// ```
+#[cfg(not(windows))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolInfo {
     service_flags1: u32,
@@ -350,20 +361,25 @@ pub struct ProtocolInfo {
     name: String,
 }
 
-fn get_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(word)
 }
 
-fn get_i32(b: &[u8], at: usize) -> i32 {
+pub(crate) fn get_i32(b: &[u8], at: usize) -> i32 {
     get_u32(b, at) as i32
 }
 
-fn put(b: &mut [u8], at: usize, v: u32) {
+pub(crate) fn put(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
+/// The Windows representation: the native `WSAPROTOCOL_INFOW` with sockshare's checks.
+#[cfg(windows)]
+pub use crate::sys::ProtocolInfo;
+
+#[cfg(not(windows))]
 impl ProtocolInfo {
     /// A fresh info for a socket of `kind` shared with `target_pid` under `token`.
     pub(crate) fn for_share(kind: SocketKind, target_pid: u32, token: u64) -> ProtocolInfo {
@@ -594,7 +610,7 @@ impl ProtocolInfo {
     }
 }
 
-fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+pub(crate) fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::new(ErrorKind::Invalid, message)
 }
 
@@ -617,7 +633,7 @@ fn collect_name(units: impl Iterator<Item = u16>) -> Result<String> {
     ))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(windows)))]
 mod tests {
     use super::*;
 

@@ -32,13 +32,21 @@
 //! Layout of the crate: the portable API is in `session.rs` ([`Session`], [`duplicate`]),
 //! `info.rs` ([`ProtocolInfo`] and its byte layout), `socket.rs` ([`SharedSocket`] and its
 //! conversions) and `error.rs` ([`Error`]); everything OS-specific is behind the contract
-//! written in `sys/mod.rs`, with the Linux backend in `sys/linux/`.
+//! written in `sys/mod.rs`, with the Linux backend in `sys/linux/` and the Windows backend
+//! (the native `WSADuplicateSocketW`) in `sys/windows/`.
+//!
+//! The portable API is the same on both: sockets are lent as `impl AsFd` on Unix and
+//! `impl AsSocket` on Windows, and a [`SharedSocket`] converts into `OwnedFd` or
+//! `OwnedSocket`. Items only one OS has are marked in their docs.
 
 #![warn(missing_docs)]
 
+// A Channel is Linux's SCM_RIGHTS; Windows has no socket-carrying IPC to build it on.
+#[cfg(target_os = "linux")]
 mod channel;
 mod error;
 pub mod info;
+mod os;
 mod session;
 mod socket;
 mod sys;
@@ -51,6 +59,7 @@ pub mod fuzzing {
     pub use crate::sys::fuzzing::*;
 }
 
+#[cfg(target_os = "linux")]
 pub use channel::Channel;
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};

@@ -1,9 +1,8 @@
 //! The portable API: a target's [`Session`] and a source's [`duplicate`].
 
-use std::os::fd::AsFd;
-
 use crate::error::Result;
 use crate::info::ProtocolInfo;
+use crate::os::{self, AsSock};
 use crate::socket::SharedSocket;
 use crate::sys;
 
@@ -13,6 +12,10 @@ use crate::sys;
 /// running as the target's user, or as root. A refused source gets
 /// [`ErrorKind::Invalid`](crate::ErrorKind::Invalid) from [`duplicate`]; anything it sent
 /// is closed.
+///
+/// On Windows the operating system decides instead: `WSADuplicateSocketW` opens the target
+/// with `PROCESS_DUP_HANDLE`, which the target's security descriptor grants or refuses
+/// (`WSAEINVAL`); a session's policy cannot widen that and is not consulted.
 ///
 /// ```
 /// use sockshare::Policy;
@@ -173,14 +176,16 @@ impl Session {
     }
 
     /// How many pushed sockets wait in the session's table (sockets still in the kernel's
-    /// queue are not counted).
+    /// queue are not counted). Always 0 on Windows, where the system duplicates the handle
+    /// straight into this process and no table exists.
     pub fn pending(&self) -> usize {
         self.inner.pending()
     }
 
     /// Creates this process's descriptor for the socket an info names (`WSASocket` with
     /// `FROM_PROTOCOL_INFO`). Each info works once, and only in the process it was made
-    /// for. The descriptor is close-on-exec.
+    /// for. The descriptor is close-on-exec (on Windows: not inheritable, and created with
+    /// `WSA_FLAG_OVERLAPPED`, so it works with IOCP and tokio).
     ///
     /// Errors: `WSAEINVAL` for an info that is used, forged, altered, made for another
     /// process, or whose session ended (no descriptor is created); `WSAEMFILE` when this
@@ -210,6 +215,10 @@ impl std::fmt::Debug for Session {
 /// close `socket` or exit at once and the socket stays alive for the target. The source
 /// needs no session of its own.
 ///
+/// `socket` is anything that lends its socket: `impl AsFd` on Unix, `impl AsSocket` on
+/// Windows (std's, socket2's and tokio's sockets, or a `SharedSocket`). On Windows this is
+/// the native `WSADuplicateSocketW`.
+///
 /// Errors, checked in Windows' order: `WSAENOTSOCK` when `socket` is not an open socket;
 /// `WSAEINVAL` when `target_pid` does not exist, has no session, is in another pid or
 /// network namespace, or its policy refuses this process; `WSAENOBUFS` when the target's
@@ -222,8 +231,8 @@ impl std::fmt::Debug for Session {
 /// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
 /// # Ok(()) }
 /// ```
-pub fn duplicate(socket: impl AsFd, target_pid: u32) -> Result<ProtocolInfo> {
-    let fd = socket.as_fd();
+pub fn duplicate(socket: impl AsSock, target_pid: u32) -> Result<ProtocolInfo> {
+    let fd = os::borrow(&socket);
     let kind = sys::socket_kind(fd)?;
     sys::duplicate(fd, kind, target_pid)
 }
@@ -250,8 +259,8 @@ pub fn duplicate(socket: impl AsFd, target_pid: u32) -> Result<ProtocolInfo> {
 /// }
 /// # Ok(()) }
 /// ```
-pub fn duplicate_many<S: AsFd>(sockets: &[S], target_pid: u32) -> Result<Vec<ProtocolInfo>> {
-    let fds: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
+pub fn duplicate_many<S: AsSock>(sockets: &[S], target_pid: u32) -> Result<Vec<ProtocolInfo>> {
+    let fds: Vec<_> = sockets.iter().map(os::borrow).collect();
     let kinds = fds
         .iter()
         .map(|&fd| sys::socket_kind(fd))

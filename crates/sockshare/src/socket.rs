@@ -1,14 +1,19 @@
 //! The target's own descriptor for a shared socket, and its typed conversions.
 
 use std::fmt;
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+#[cfg(windows)]
+use std::os::windows::io::{AsRawSocket, AsSocket, BorrowedSocket, OwnedSocket, RawSocket};
 
 use crate::info::SocketKind;
+use crate::os::OwnedSock;
 
 /// A descriptor the target created from a protocol info: an independent handle to the
 /// same socket the source holds (options, nonblocking mode and queued data are shared;
 /// the socket closes when the last handle closes).
 ///
+/// It is an `OwnedFd` on Unix and an `OwnedSocket` on Windows.
 /// Convert it without `unsafe` into the type you expect. The conversions check the
 /// socket's kind and hand the socket back on a mismatch, so it is never lost:
 ///
@@ -28,12 +33,12 @@ use crate::info::SocketKind;
 /// # Ok(()) }
 /// ```
 pub struct SharedSocket {
-    fd: OwnedFd,
+    fd: OwnedSock,
     kind: SocketKind,
 }
 
 impl SharedSocket {
-    pub(crate) fn new(fd: OwnedFd, kind: SocketKind) -> SharedSocket {
+    pub(crate) fn new(fd: OwnedSock, kind: SocketKind) -> SharedSocket {
         SharedSocket { fd, kind }
     }
 
@@ -42,35 +47,70 @@ impl SharedSocket {
         self.kind
     }
 
-    /// The descriptor, for use with any API that takes one.
+    /// The descriptor, for use with any API that takes one (Unix only; on Windows see
+    /// `into_owned_socket`).
+    #[cfg(unix)]
     pub fn into_owned_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// The socket handle, for use with any API that takes one (Windows only; on Unix see
+    /// `into_owned_fd`).
+    #[cfg(windows)]
+    pub fn into_owned_socket(self) -> OwnedSocket {
         self.fd
     }
 }
 
 impl fmt::Debug for SharedSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedSocket")
-            .field("fd", &self.fd.as_raw_fd())
-            .field("kind", &self.kind)
-            .finish()
+        let mut d = f.debug_struct("SharedSocket");
+        #[cfg(unix)]
+        d.field("fd", &self.fd.as_raw_fd());
+        #[cfg(windows)]
+        d.field("socket", &self.fd.as_raw_socket());
+        d.field("kind", &self.kind).finish()
     }
 }
 
+#[cfg(unix)]
 impl AsFd for SharedSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }
 
+#[cfg(unix)]
 impl AsRawFd for SharedSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 }
 
+#[cfg(unix)]
 impl From<SharedSocket> for OwnedFd {
     fn from(s: SharedSocket) -> OwnedFd {
+        s.fd
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for SharedSocket {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        self.fd.as_socket()
+    }
+}
+
+#[cfg(windows)]
+impl AsRawSocket for SharedSocket {
+    fn as_raw_socket(&self) -> RawSocket {
+        self.fd.as_raw_socket()
+    }
+}
+
+#[cfg(windows)]
+impl From<SharedSocket> for OwnedSocket {
+    fn from(s: SharedSocket) -> OwnedSocket {
         s.fd
     }
 }
@@ -124,6 +164,7 @@ macro_rules! checked_conversion {
     )*};
 }
 
+#[cfg(unix)]
 impl SocketKind {
     fn is_unix_stream(&self) -> bool {
         self.is_unix() && self.is_stream()
@@ -138,6 +179,12 @@ checked_conversion! {
     std::net::TcpListener => is_tcp;
     std::net::TcpStream => is_tcp;
     std::net::UdpSocket => is_udp;
+}
+
+// std has Unix-domain socket types on Unix only (Windows' AF_UNIX sockets convert into
+// socket2::Socket or OwnedSocket).
+#[cfg(unix)]
+checked_conversion! {
     std::os::unix::net::UnixListener => is_unix_stream;
     std::os::unix::net::UnixStream => is_unix_stream;
     std::os::unix::net::UnixDatagram => is_unix_datagram;
@@ -169,6 +216,12 @@ mod tokio_conversions {
             into_tokio_tcp_listener: std::net::TcpListener => tokio::net::TcpListener;
             into_tokio_tcp_stream: std::net::TcpStream => tokio::net::TcpStream;
             into_tokio_udp_socket: std::net::UdpSocket => tokio::net::UdpSocket;
+        }
+    }
+
+    #[cfg(unix)]
+    impl SharedSocket {
+        tokio_conversion! {
             into_tokio_unix_listener: std::os::unix::net::UnixListener => tokio::net::UnixListener;
             into_tokio_unix_stream: std::os::unix::net::UnixStream => tokio::net::UnixStream;
             into_tokio_unix_datagram: std::os::unix::net::UnixDatagram => tokio::net::UnixDatagram;

@@ -2,6 +2,8 @@
 //!
 //! The child processes are this test binary again, running one test by name with
 //! `CHANNEL_CHILD` set; those tests do nothing when it is not set.
+// Channel exists on Linux only (tests/windows.rs covers the Windows backend).
+#![cfg(target_os = "linux")]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};

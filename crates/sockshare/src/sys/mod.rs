@@ -36,8 +36,14 @@
 //! - `fn probe(target_pid) -> Result<()>`: the target checks of `duplicate` (`Invalid` as
 //!   there), without pushing anything.
 //!
-//! The Linux backend lives in [`linux`]; Windows (the native `WSADuplicateSocketW`) and macOS
-//! come later behind this same contract.
+//! Descriptors are the platform's I/O-safety types, named once in `crate::os`: `BorrowedFd`
+//! and `OwnedFd` on Unix, `BorrowedSocket` and `OwnedSocket` on Windows.
+//!
+//! The Linux backend lives in `linux`; the Windows backend, `windows`, is the native
+//! `WSADuplicateSocketW`/`WSASocketW` with sockshare's checks around it (its module docs
+//! say which rows of the contract Windows itself keeps and which sockshare adds). Items
+//! only one OS has (a `Channel`, `fuzzing`) are `cfg`'d to it. macOS comes later behind
+//! this same contract.
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -48,5 +54,14 @@ pub(crate) use linux::{
     current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Channel, Session,
 };
 
-#[cfg(not(target_os = "linux"))]
-compile_error!("sockshare has a Linux backend only so far; the Windows backend is being built");
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::ProtocolInfo;
+#[cfg(windows)]
+pub(crate) use windows::{
+    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Session,
+};
+
+#[cfg(not(any(target_os = "linux", windows)))]
+compile_error!("sockshare has backends for Linux and Windows only so far");
