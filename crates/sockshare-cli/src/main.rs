@@ -1,6 +1,8 @@
 //! `sockshare`: the specification's scenario between two real processes (`demo`) and the
-//! benchmarks (`bench`).
+//! benchmarks (`bench`, Linux only: they measure Linux's own kernel mechanisms beside the
+//! library).
 
+#[cfg(target_os = "linux")]
 mod bench;
 mod demo;
 
@@ -28,6 +30,7 @@ enum Command {
     #[command(hide = true)]
     DemoTarget(demo::TargetArgs),
     /// Measure handoffs beside the raw kernel mechanisms, in one run.
+    #[cfg(target_os = "linux")]
     Bench(bench::BenchArgs),
 }
 
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Demo(args) => demo::source(&args),
         Command::DemoTarget(args) => demo::target(&args),
+        #[cfg(target_os = "linux")]
         Command::Bench(args) => bench::run(&args),
     };
     match result {
