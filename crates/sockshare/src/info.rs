@@ -34,6 +34,8 @@
 // representation; on Windows the native provider fills the info.
 #![cfg_attr(windows, allow(dead_code))]
 
+use std::borrow::Cow;
+
 use crate::error::{Error, ErrorKind, Result};
 
 /// Size of `WSAPROTOCOL_INFOW` in bytes.
@@ -155,6 +157,17 @@ pub const PROVIDER_ID: [u8; 16] = [
 ];
 
 const TCP_UDP_MESSAGE_SIZE: u32 = 0xffbb;
+
+/// `szProtocol` of sockshare's infos for the common kinds.
+const KNOWN_NAMES: [&str; 7] = [
+    "sockshare [TCP/IP]",
+    "sockshare [TCP/IPv6]",
+    "sockshare [UDP/IP]",
+    "sockshare [UDP/IPv6]",
+    "sockshare [UNIX STREAM]",
+    "sockshare [UNIX DGRAM]",
+    "sockshare [UNIX SEQPACKET]",
+];
 
 /// What kind of socket a descriptor is: address family, type and protocol, with this
 /// platform's constants.
@@ -293,36 +306,24 @@ impl SocketKind {
         1000 + (self.family as u32 & 0xff) * 16 + (self.ty as u32 & 0xf)
     }
 
-    fn provider_name(&self) -> String {
-        let family = if self.family == af_inet() {
-            "IP"
-        } else if self.family == af_inet6() {
-            "IPv6"
-        } else if self.family == af_unix() {
-            "UNIX"
+    /// The provider's name: a static string for every common kind, so making and parsing
+    /// an info allocates nothing on the handoff path.
+    fn provider_name(&self) -> Cow<'static, str> {
+        let v6 = usize::from(self.family == af_inet6());
+        let index = if self.is_tcp() {
+            v6
+        } else if self.is_udp() {
+            2 + v6
+        } else if self.is_unix() && self.ty == sock_stream() {
+            4
+        } else if self.is_unix() && self.ty == sock_dgram() {
+            5
+        } else if self.is_unix() && self.ty == sock_seqpacket() {
+            6
         } else {
-            ""
+            return Cow::Owned(format!("sockshare [AF {} TYPE {}]", self.family, self.ty));
         };
-        let ty = if self.ty == sock_stream() && self.is_inet() {
-            "TCP"
-        } else if self.ty == sock_dgram() && self.is_inet() {
-            "UDP"
-        } else if self.ty == sock_stream() {
-            "STREAM"
-        } else if self.ty == sock_dgram() {
-            "DGRAM"
-        } else if self.ty == sock_seqpacket() {
-            "SEQPACKET"
-        } else {
-            ""
-        };
-        if family.is_empty() || ty.is_empty() {
-            format!("sockshare [AF {} TYPE {}]", self.family, self.ty)
-        } else if self.is_inet() {
-            format!("sockshare [{ty}/{family}]")
-        } else {
-            format!("sockshare [{family} {ty}]")
-        }
+        Cow::Borrowed(KNOWN_NAMES[index])
     }
 }
 
@@ -358,7 +359,7 @@ pub struct ProtocolInfo {
     security_scheme: i32,
     message_size: u32,
     tag: u32,
-    name: String,
+    name: Cow<'static, str>,
 }
 
 pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
@@ -529,9 +530,9 @@ impl ProtocolInfo {
 
     /// CRC-32 over the W form with the tag zeroed: the A and W forms of one info share it.
     fn compute_tag(&self) -> u32 {
-        let mut canonical = self.clone();
-        canonical.tag = 0;
-        crc32fast::hash(&canonical.to_bytes_w())
+        let mut canonical = self.to_bytes_w();
+        canonical[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
+        crc32fast::hash(&canonical)
     }
 
     /// The process the info was made for (`dwServiceFlags2`).
@@ -615,22 +616,32 @@ pub(crate) fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Err
 }
 
 /// Reads a NUL-terminated ASCII name from `szProtocol`'s 256 characters.
-fn collect_name(units: impl Iterator<Item = u16>) -> Result<String> {
-    let mut name = String::new();
-    for unit in units {
+fn collect_name(units: impl Iterator<Item = u16>) -> Result<Cow<'static, str>> {
+    let mut name = [0u8; WSAPROTOCOL_LEN + 1];
+    for (i, unit) in units.enumerate() {
         match unit {
-            0 => return Ok(name),
-            0x20..=0x7e => name.push(char::from(unit as u8)),
-            _ => {
-                return Err(invalid(
-                    "the protocol name (szProtocol) of this info is not sockshare's",
-                ))
+            0 => {
+                let name = std::str::from_utf8(&name[..i]).map_err(|_| foreign_name())?;
+                // sockshare's own names are static; keep those without allocating.
+                return Ok(KNOWN_NAMES
+                    .iter()
+                    .find(|known| **known == name)
+                    .map_or_else(
+                        || Cow::Owned(name.to_owned()),
+                        |known| Cow::Borrowed(*known),
+                    ));
             }
+            0x20..=0x7e if i < name.len() => name[i] = unit as u8,
+            _ => return Err(foreign_name()),
         }
     }
     Err(invalid(
         "the protocol name (szProtocol) of this info has no terminating NUL",
     ))
+}
+
+fn foreign_name() -> Error {
+    invalid("the protocol name (szProtocol) of this info is not sockshare's")
 }
 
 #[cfg(all(test, not(windows)))]

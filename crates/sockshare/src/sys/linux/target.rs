@@ -26,8 +26,21 @@ use crate::session::SessionOptions;
 
 /// How often a session out of descriptors retries receiving.
 const RETRY: Duration = Duration::from_millis(20);
+/// How long the session's thread lets pushes gather after draining.
+const COALESCE: Duration = Duration::from_micros(200);
 /// Source connections one session serves at once; more get a "busy" answer.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// How many source connections the session admits now: `MAX_CONNECTIONS`, but no more
+/// than a quarter of the descriptor limit. Each connection holds a descriptor of this
+/// process; without the bound, one admitted source opening idle connections could take
+/// every descriptor, and no pushed socket could be received any more.
+fn connection_limit() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    nofile.map_or(MAX_CONNECTIONS, |n| {
+        (n / 4).clamp(1, MAX_CONNECTIONS as u64) as usize
+    })
+}
 
 const LISTENER_KEY: u64 = 0;
 const WAKE_KEY: u64 = 1;
@@ -328,6 +341,13 @@ fn serve(ep: &Endpoint) {
             for &slot in &ready {
                 inner.drain(slot, &ep.options, false);
             }
+        }
+        drop(inner);
+        // Under a stream of pushes, waking once per push costs the sources and the
+        // redeeming threads a core's worth of context switches; gathering a short while's
+        // pushes into one wake-up does not delay redeem, which drains inline on a miss.
+        if !ready.is_empty() {
+            std::thread::sleep(COALESCE);
         }
     }
 }
