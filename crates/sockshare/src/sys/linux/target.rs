@@ -402,7 +402,7 @@ impl Inner {
         let target_uid = rustix::process::geteuid().as_raw();
         let verdict = match peer_cred(conn.as_fd()) {
             Ok(cred) if ep.options.policy.allows(cred.uid, target_uid) => {
-                if self.live_conns >= MAX_CONNECTIONS {
+                if self.live_conns >= connection_limit() {
                     Verdict::Busy
                 } else {
                     Verdict::Accepted
