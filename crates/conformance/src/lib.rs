@@ -30,6 +30,23 @@ pub fn count_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() - 1)
 }
 
+/// The resident memory of process `pid` in KiB (`VmRSS` in /proc/PID/status), 0 if gone.
+pub fn rss_kib(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Open descriptors of process `pid` (entries of /proc/PID/fd; root may read any).
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// Tests share this process's descriptor table and its sharing session, so they run one
 /// at a time: each holds this lock for its whole run.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -102,8 +119,19 @@ impl PeerCommand {
 impl Peer {
     /// Sends one command; `Ok(rest)` for `ok rest`, `Err(rest)` for `err rest`.
     pub fn cmd(&mut self, line: &str) -> Result<String, String> {
+        self.start(line);
+        self.answer(line)
+    }
+
+    /// Sends one command without waiting for its answer (a long-running one), for
+    /// [`answer`](Self::answer) to collect.
+    pub fn start(&mut self, line: &str) {
         writeln!(self.to, "{line}").expect("write to peer");
         self.to.flush().expect("flush to peer");
+    }
+
+    /// Waits for the answer to the command `line` sent by [`start`](Self::start).
+    pub fn answer(&mut self, line: &str) -> Result<String, String> {
         let mut reply = String::new();
         self.from.read_line(&mut reply).expect("read from peer");
         let reply = reply.trim_end();
@@ -145,6 +173,11 @@ impl Peer {
     /// The peer's count of open descriptors.
     pub fn fds(&mut self) -> usize {
         self.ok("fds").parse().expect("fd count")
+    }
+
+    /// The resident memory of the process this one started, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> usize {
+        rss_kib(self.child.id())
     }
 
     /// The pid of the process this one started (the peer, or its wrapper).

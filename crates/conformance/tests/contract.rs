@@ -721,3 +721,282 @@ fn s14_programs_a_target_runs_inherit_nothing_of_the_session() {
     drop(session);
     source.finish();
 }
+
+/// One genuine handoff from this process to `target`: a connected TCP socket, redeemed
+/// there, carrying `text` back to us.
+fn genuine_handoff(target: &mut Peer, text: &str) {
+    let (client, mut server) = tcp_pair();
+    let info = duplicate(&client, target.pid).unwrap();
+    drop(client);
+    let (slot, _) = redeem_in(target, &info);
+    target.ok(&format!("send {slot} {text}"));
+    assert_eq!(read_text(&mut server), text);
+    target.ok(&format!("close {slot}"));
+}
+
+/// Growth of a target's resident memory tolerated across a flood: the allocator keeps
+/// some freed memory, but nothing the flood sends may accumulate.
+const RSS_BOUND_KIB: usize = 8 * 1024;
+
+/// Runs `flood` in the flooding peer while this thread makes `rounds` genuine handoffs
+/// to `target`; returns the flood's report.
+fn during_flood(
+    target: &mut Peer,
+    flooder: &mut Peer,
+    rounds: usize,
+    flood: impl FnOnce(&mut Peer) -> Vec<String> + Send,
+) -> Vec<String> {
+    std::thread::scope(|s| {
+        let flooding = s.spawn(|| flood(flooder));
+        for i in 0..rounds {
+            genuine_handoff(target, &format!("genuine-{i}"));
+        }
+        flooding.join().expect("the flood's thread")
+    })
+}
+
+#[test]
+fn s17_another_user_cannot_push_use_others_infos_or_wear_down_a_session() {
+    let (_scene, mut target) = target_scene();
+    let mut hostile = PeerCommand::new(PEER).as_user(NOBODY, NOBODY).spawn();
+    hostile.ok("session");
+    genuine_handoff(&mut target, "warm-up");
+    let (target_fds, target_rss) = (target.fds(), target.rss_kib());
+
+    // An info made for the target is useless to another user's process, and trying does
+    // not consume it.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let info = duplicate(&socket, target.pid).unwrap();
+    let hostile_fds = hostile.fds();
+    hostile.fails_with(&format!("redeem {}", hex_w(&info)), "WSAEINVAL");
+    assert_eq!(
+        hostile.fds(),
+        hostile_fds,
+        "a refused redeem made a descriptor"
+    );
+    let (slot, _) = redeem_in(&mut target, &info);
+    target.ok(&format!("close {slot}"));
+
+    // Pushes (by the library, and by hand before the verdict) and a flood of connections,
+    // while genuine handoffs go on; every descriptor the hostile process sent comes back
+    // closed: the other end of its pair sees EOF.
+    let udp = hostile.ok("udp-bind 127.0.0.1:0");
+    let udp = udp.split_whitespace().next().unwrap().to_owned();
+    let pair = hostile.ok("unix-pair");
+    let (a, b) = pair.split_once(' ').unwrap();
+    let pid = target.pid;
+    let report = during_flood(&mut target, &mut hostile, 40, |h| {
+        let dup = h.fails_with(&format!("dup {udp} {pid}"), "WSAEINVAL");
+        vec![
+            dup,
+            h.ok(&format!("garbage {pid} early 500 {a}")),
+            h.ok(&format!("flood-connect {pid} 2000")),
+        ]
+    });
+    assert!(report[1].starts_with("sent="), "{report:?}");
+    assert_eq!(report[2], "accepted=0 busy=0 refused=2000 failed=0");
+    hostile.ok(&format!("close {a}"));
+    assert_eq!(hostile.ok(&format!("recv {b}")), "<eof>");
+
+    assert_eq!(target.ok("pending"), "0");
+    assert_eq!(
+        target.fds(),
+        target_fds,
+        "the target holds a descriptor too many"
+    );
+    let grown = target.rss_kib().saturating_sub(target_rss);
+    assert!(grown < RSS_BOUND_KIB, "the target grew by {grown} KiB");
+    target.finish();
+    hostile.finish();
+}
+
+#[test]
+fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on() {
+    let scene = Scene::new();
+    let mut target = peer();
+    target.ok(&format!("session uids={NOBODY}"));
+    // Descriptors as many systems give by default: the connection limit must leave room.
+    target.ok("nofile 1024");
+    let mut flooder = PeerCommand::new(PEER).as_user(NOBODY, NOBODY).spawn();
+    flooder.ok("nofile 4096");
+    genuine_handoff(&mut target, "warm-up");
+    let (target_fds, target_rss) = (target.fds(), target.rss_kib());
+
+    let pair = flooder.ok("unix-pair");
+    let (a, b) = pair.split_once(' ').unwrap();
+    let kinds = [
+        "magic",
+        "version",
+        "count",
+        "huge-count",
+        "fds-only",
+        "zero",
+        "no-fds",
+        "fewer-fds",
+        "more-fds",
+        "too-many-fds",
+        "half",
+        "junk",
+        "dup-token",
+        "early",
+        "silent",
+    ];
+    let pid = target.pid;
+    let report = during_flood(&mut target, &mut flooder, 40, |f| {
+        let garbage =
+            kinds.map(|k| format!("{k}: {}", f.ok(&format!("garbage {pid} {k} 200 {a}"))));
+        garbage.to_vec()
+    });
+    for line in &report {
+        assert!(line.contains("refused=0"), "{report:?}");
+    }
+    // The garbage named tokens; none of them became a pending socket but the one
+    // well-formed push among them: `dup-token`'s first entry (a source may push; the
+    // repeated token's socket is closed).
+    assert_eq!(target.ok("pending"), "200");
+    target.ok("end");
+    target.ok(&format!("session uids={NOBODY}"));
+    flooder.ok(&format!("close {a}"));
+    assert_eq!(flooder.ok(&format!("recv {b}")), "<eof>");
+
+    // A flood of idle connections past the session's limit of 1024: the excess is told
+    // "busy", genuine handoffs on an existing connection go on, and a new source is
+    // refused cleanly (WSAENOBUFS) until the flood ends.
+    genuine_handoff(&mut target, "before-connections");
+    let pid = target.pid;
+    let report = during_flood(&mut target, &mut flooder, 20, |f| {
+        vec![f.ok(&format!("flood-connect {pid} 1100"))]
+    });
+    let counts: Vec<usize> = report[0]
+        .split_whitespace()
+        .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(counts[0] + counts[1], 1100, "{report:?}");
+    assert!(counts[1] > 0, "no connection was refused: {report:?}");
+    let mut newcomer = peer();
+    let slot = newcomer.ok("udp-bind 127.0.0.1:0");
+    let slot = slot.split_whitespace().next().unwrap().to_owned();
+    newcomer.fails_with(&format!("dup {slot} {pid}"), "WSAENOBUFS");
+    flooder.ok("close-all");
+    // The session learns of the closed connections from its own thread: wait for it.
+    let mut info = None;
+    for _ in 0..1000 {
+        match newcomer.cmd(&format!("dup {slot} {pid}")) {
+            Ok(hex) => {
+                info = Some(hex);
+                break;
+            }
+            Err(e) if e.starts_with("WSAENOBUFS") => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let info = ProtocolInfo::from_bytes(&from_hex(&info.expect("room again")).unwrap()).unwrap();
+    let (slot, _) = redeem_in(&mut target, &info);
+    target.ok(&format!("close {slot}"));
+
+    flooder.ok("close-all");
+    sockshare::disconnect_all();
+    newcomer.ok("disconnect");
+    // Give the session's thread the closed connections before counting.
+    genuine_handoff(&mut target, "after");
+    let mut now = target.fds();
+    for _ in 0..1000 {
+        if now <= target_fds {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        now = target.fds();
+    }
+    assert_eq!(
+        now, target_fds,
+        "the target holds descriptors of closed connections"
+    );
+    let grown = target.rss_kib().saturating_sub(target_rss);
+    assert!(grown < RSS_BOUND_KIB, "the target grew by {grown} KiB");
+    target.ok("nofile 4096");
+    newcomer.finish();
+    flooder.finish();
+    target.finish();
+    drop(scene);
+}
+
+/// A peer whose pid is `pid`: as root, sets the kernel's last-allocated pid just below it
+/// before each start (`ns_last_pid`), retrying while other processes take the number.
+fn peer_with_pid(pid: u32) -> Peer {
+    for _ in 0..1000 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("set ns_last_pid (the tests run as root)");
+        let p = peer();
+        if p.pid == pid {
+            return p;
+        }
+        p.exit();
+    }
+    panic!("could not start a process with pid {pid}");
+}
+
+#[test]
+fn s6_a_new_process_with_a_dead_targets_pid_cannot_use_its_infos() {
+    let (_scene, mut old) = target_scene();
+    let (server, info) = pending_connection(&mut old);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_info = duplicate(&socket, old.pid).unwrap();
+    let pid = old.pid;
+    old.kill();
+    // The dead target's pending sockets are released with it.
+    assert_eof(&server);
+
+    let mut new = peer_with_pid(pid);
+    new.ok("session");
+    let fds = new.fds();
+    for stale in [&info, &udp_info] {
+        assert_eq!(stale.target_pid(), new.pid, "same pid, another process");
+        new.fails_with(&format!("redeem {}", hex_w(stale)), "WSAEINVAL");
+    }
+    assert_eq!(new.fds(), fds, "a refused redeem made a descriptor");
+    // Our cached connection led to the dead session; duplicate reaches the new one.
+    let info = duplicate(&socket, pid).unwrap();
+    let (slot, _) = redeem_in(&mut new, &info);
+    new.ok(&format!("close {slot}"));
+    new.finish();
+}
+
+#[test]
+fn s10_a_source_out_of_descriptors_gets_wsaemfile_and_keeps_its_socket() {
+    let (_scene, mut target) = target_scene();
+    let mut source = peer();
+    let listener = source.ok("tcp-listen 127.0.0.1:0");
+    let (slot, at) = listener.split_once(' ').unwrap();
+    let before = source.fds();
+    source.ok(&format!("nofile {}", before + 8));
+    source.ok("fill-fds");
+    // No connection to the target yet: duplicate needs a descriptor for it.
+    source.fails_with(&format!("dup {slot} {}", target.pid), "WSAEMFILE");
+    assert_eq!(
+        target.ok("pending"),
+        "0",
+        "a failed duplicate left something behind"
+    );
+    source.ok("free-fds 1");
+    let first = source.ok(&format!("dup {slot} {}", target.pid));
+    // With the connection made, duplicate needs no descriptor: out of them again, it works.
+    source.ok("fill-fds");
+    let second = source.ok(&format!("dup {slot} {}", target.pid));
+    for hex in [first, second] {
+        let info = ProtocolInfo::from_bytes(&from_hex(&hex).unwrap()).unwrap();
+        let (shared, _) = redeem_in(&mut target, &info);
+        let mut client = TcpStream::connect(at).unwrap();
+        let conn = target.ok(&format!("accept {shared}"));
+        target.ok(&format!("send {conn} intact"));
+        assert_eq!(read_text(&mut client), "intact");
+    }
+    // The source's own descriptor is intact too.
+    source.ok("free-fds 4");
+    let mut client = TcpStream::connect(at).unwrap();
+    let conn = source.ok(&format!("accept {slot}"));
+    source.ok(&format!("send {conn} still-ours"));
+    assert_eq!(read_text(&mut client), "still-ours");
+    source.ok("nofile 4096");
+    source.finish();
+    target.finish();
+}

@@ -19,6 +19,8 @@ struct Peer {
     session: Option<Session>,
     slots: Vec<Option<Socket>>,
     filler: Vec<OwnedFd>,
+    /// Connections to sessions' endpoints held open by `flood-connect`.
+    flood: Vec<OwnedFd>,
 }
 
 fn main() {
@@ -114,6 +116,7 @@ impl Peer {
             "close-all" => {
                 self.slots.clear();
                 self.filler.clear();
+                self.flood.clear();
                 Ok(String::new())
             }
             "disconnect" => {
@@ -293,6 +296,8 @@ impl Peer {
             }
             "fork" => self.fork(w),
             "raw-push" => self.raw_push(w),
+            "flood-connect" => self.flood_connect(w),
+            "garbage" => self.garbage(w),
             other => Err(format!("io unknown command {other}")),
         }
     }
@@ -370,59 +375,211 @@ impl Peer {
     /// before reading the session's verdict, as a hostile source would. Replies with the
     /// verdict byte.
     fn raw_push(&mut self, w: &[&str]) -> Reply {
-        use rustix::net::{
-            AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
-            SocketFlags, SocketType,
-        };
         let pid: u32 = num(w, 1)?;
         let fd = self.slot(w, 2)?.as_fd();
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| io(e.into()))?;
-        let addr = SocketAddrUnix::new_abstract_name(format!("sockshare/v1/{pid}").as_bytes())
-            .map_err(|e| io(e.into()))?;
-        rustix::net::connect(&sock, &addr).map_err(|e| io(e.into()))?;
-        let mut record = Vec::new();
-        record.extend_from_slice(b"SSHR");
-        record.extend_from_slice(&1u16.to_le_bytes());
-        record.extend_from_slice(&0x10u16.to_le_bytes());
-        record.extend_from_slice(&1u32.to_le_bytes());
-        record.extend_from_slice(&[0u8; 4]);
+        let sock = endpoint(pid).map_err(io)?;
+        let mut record = header(0x10, 1);
         record.extend_from_slice(&[7u8; 16]);
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        let fds = [fd];
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-        match rustix::net::sendmsg(
-            &sock,
-            &[std::io::IoSlice::new(&record)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(_) => {}
+        match send_record(&sock, &record, &[fd]) {
+            Ok(()) => {}
             // The session refused and closed before our push went out.
             Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
                 return Ok("reset".into())
             }
             Err(e) => return Err(io(e.into())),
         }
-        let mut verdict = [0u8; 16];
         // A session that refuses closes the connection with our push unread, which the
         // kernel reports as a reset rather than the verdict.
-        let n = match rustix::net::recv(&sock, &mut verdict, rustix::net::RecvFlags::empty()) {
-            Ok((n, _)) => n,
-            Err(rustix::io::Errno::CONNRESET) => return Ok("reset".into()),
-            Err(e) => return Err(io(e.into())),
-        };
-        Ok(match (n, verdict[6]) {
-            (16, 1) => "accepted".into(),
-            (16, 2) => "refused".into(),
-            (16, 3) => "busy".into(),
-            _ => "garbled".into(),
-        })
+        Ok(verdict(&sock).into())
+    }
+
+    /// `flood-connect PID N`: opens N connections to PID's session and holds those it
+    /// admits (until `close-all`), never sending anything. Replies with the verdicts'
+    /// counts: `accepted=A busy=B refused=R failed=F`; stops at the first connection the
+    /// session does not answer.
+    fn flood_connect(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let n: usize = num(w, 2)?;
+        let mut counts = [0usize; 4];
+        for _ in 0..n {
+            let Ok(sock) = endpoint(pid) else {
+                counts[3] += 1;
+                continue;
+            };
+            match verdict(&sock) {
+                "accepted" => {
+                    counts[0] += 1;
+                    self.flood.push(sock);
+                }
+                "busy" => counts[1] += 1,
+                "refused" | "reset" => counts[2] += 1,
+                // No verdict within the receive timeout: the session has stalled, and
+                // so would every further connection.
+                _ => {
+                    counts[3] += 1;
+                    break;
+                }
+            }
+        }
+        let [a, b, r, f] = counts;
+        Ok(format!("accepted={a} busy={b} refused={r} failed={f}"))
+    }
+
+    /// `garbage PID KIND N SLOT`: N times, connects to PID's session and sends one
+    /// malformed message of KIND (see `malformed`) carrying copies of the socket in SLOT,
+    /// then closes. Replies `sent=S refused=R`: messages the kernel took, and connections
+    /// the session refused before anything could be sent.
+    fn garbage(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let kind = arg(w, 2)?;
+        let n: usize = num(w, 3)?;
+        let fd = self.slot(w, 4)?.as_fd();
+        let (mut sent, mut refused) = (0, 0);
+        for i in 0..n {
+            let sock = endpoint(pid).map_err(io)?;
+            // `early`: the message goes out before the verdict is read.
+            if kind != "early" && verdict(&sock) != "accepted" {
+                refused += 1;
+                continue;
+            }
+            let (record, fds) = malformed(kind, i as u64).ok_or("io unknown garbage kind")?;
+            if kind == "silent" {
+                continue;
+            }
+            let copies = vec![fd; fds];
+            match send_record(&sock, &record, &copies) {
+                Ok(()) => sent += 1,
+                // The kernel refuses more than 253 descriptors in one message.
+                Err(rustix::io::Errno::INVAL) if fds > 253 => {}
+                Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => refused += 1,
+                Err(e) => return Err(io(e.into())),
+            }
+        }
+        Ok(format!("sent={sent} refused={refused}"))
+    }
+}
+
+/// A malformed message of `kind` and how many descriptors go with it; `seed` varies its
+/// token. Each breaks the push format one way.
+fn malformed(kind: &str, seed: u64) -> Option<(Vec<u8>, usize)> {
+    let entry = |token: u64| {
+        let mut e = token.to_le_bytes().to_vec();
+        e.extend_from_slice(&[0u8; 8]);
+        e
+    };
+    let token = 0x5eed_0000_0000_0000 | seed;
+    let push1 = || {
+        let mut r = header(0x10, 1);
+        r.extend(entry(token));
+        r
+    };
+    Some(match kind {
+        "magic" => {
+            let mut r = push1();
+            r[0] = b'X';
+            (r, 1)
+        }
+        "version" => {
+            let mut r = push1();
+            r[4] = 9;
+            (r, 1)
+        }
+        // The count says two entries, one follows.
+        "count" => {
+            let mut r = push1();
+            r[8] = 2;
+            (r, 1)
+        }
+        // A count past what one message can carry.
+        "huge-count" => {
+            let mut r = push1();
+            r[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+            (r, 1)
+        }
+        "fds-only" | "zero" => (Vec::new(), usize::from(kind == "fds-only")),
+        "no-fds" => (push1(), 0),
+        "fewer-fds" => {
+            let mut r = header(0x10, 3);
+            (0..3).for_each(|i| r.extend(entry(token + i)));
+            (r, 2)
+        }
+        "more-fds" => (push1(), 3),
+        "too-many-fds" => (push1(), 254),
+        "half" => (push1()[..24].to_vec(), 1),
+        "junk" => ((0..4096u32).map(|i| (i * 31 + 7) as u8).collect(), 3),
+        "dup-token" => {
+            let mut r = header(0x10, 2);
+            r.extend(entry(token));
+            r.extend(entry(token));
+            (r, 2)
+        }
+        "early" | "silent" => (push1(), 1),
+        _ => return None,
+    })
+}
+
+/// The 16-byte header of a record: magic, version 1, `kind`, `word`.
+fn header(kind: u16, word: u32) -> Vec<u8> {
+    let mut h = b"SSHR".to_vec();
+    h.extend_from_slice(&1u16.to_le_bytes());
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&word.to_le_bytes());
+    h.extend_from_slice(&[0u8; 4]);
+    h
+}
+
+/// A raw connection to `pid`'s session endpoint.
+fn endpoint(pid: u32) -> std::io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new_abstract_name(format!("sockshare/v1/{pid}").as_bytes())?;
+    rustix::net::connect(&sock, &addr)?;
+    rustix::net::sockopt::set_socket_timeout(
+        &sock,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(10)),
+    )?;
+    Ok(sock)
+}
+
+/// Sends one record with `fds` attached.
+fn send_record(
+    sock: &OwnedFd,
+    record: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), rustix::io::Errno> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(rustix::io::Errno::NOBUFS);
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(record)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map(drop)
+}
+
+/// The session's verdict on a connection, by name.
+fn verdict(sock: &OwnedFd) -> &'static str {
+    let mut verdict = [0u8; 16];
+    match rustix::net::recv(sock, &mut verdict, rustix::net::RecvFlags::empty()) {
+        Ok((16, _)) => match verdict[6] {
+            1 => "accepted",
+            2 => "refused",
+            3 => "busy",
+            _ => "garbled",
+        },
+        Ok(_) => "garbled",
+        Err(rustix::io::Errno::CONNRESET) => "reset",
+        Err(_) => "garbled",
     }
 }
