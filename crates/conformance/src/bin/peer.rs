@@ -298,6 +298,8 @@ impl Peer {
             "raw-push" => self.raw_push(w),
             "flood-connect" => self.flood_connect(w),
             "garbage" => self.garbage(w),
+            "stress-target" => conformance::stress::target(self.session()?, arg(w, 1)?),
+            "stress-source" => conformance::stress::source(arg(w, 1)?),
             other => Err(format!("io unknown command {other}")),
         }
     }
