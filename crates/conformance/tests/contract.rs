@@ -793,6 +793,7 @@ fn s17_another_user_cannot_push_use_others_infos_or_wear_down_a_session() {
             h.ok(&format!("flood-connect {pid} 2000")),
         ]
     });
+    println!("another user's flood: {report:?}");
     assert!(report[1].starts_with("sent="), "{report:?}");
     assert_eq!(report[2], "accepted=0 busy=0 refused=2000 failed=0");
     hostile.ok(&format!("close {a}"));
@@ -847,6 +848,7 @@ fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on()
             kinds.map(|k| format!("{k}: {}", f.ok(&format!("garbage {pid} {k} 200 {a}"))));
         garbage.to_vec()
     });
+    println!("an admitted source's garbage: {report:?}");
     for line in &report {
         assert!(line.contains("refused=0"), "{report:?}");
     }
@@ -867,6 +869,7 @@ fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on()
     let report = during_flood(&mut target, &mut flooder, 20, |f| {
         vec![f.ok(&format!("flood-connect {pid} 1100"))]
     });
+    println!("an admitted source's idle connections: {report:?}");
     let counts: Vec<usize> = report[0]
         .split_whitespace()
         .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
