@@ -76,6 +76,17 @@ fn tcp_pair() -> (TcpStream, TcpStream) {
     (client, server)
 }
 
+/// Waits until `target`'s session holds `n` pushed sockets in its table.
+fn wait_pending(target: &mut Peer, n: usize) {
+    for _ in 0..1000 {
+        if target.ok("pending").parse::<usize>().unwrap() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the session's thread never received the pushed socket");
+}
+
 fn hex_w(info: &ProtocolInfo) -> String {
     to_hex(&info.to_bytes_w())
 }
@@ -296,6 +307,9 @@ fn s6_infos_are_single_use_bound_to_the_target_and_checked() {
     other.ok("session");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let info = duplicate(&socket, target.pid).unwrap();
+    // The session's thread moves the pushed socket into the table (a descriptor of the
+    // target) on its own time: count only once it has.
+    wait_pending(&mut target, 1);
     let target_fds = target.fds();
     let other_fds = other.fds();
 

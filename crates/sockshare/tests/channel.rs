@@ -34,12 +34,20 @@ fn inherited_end() -> Option<Channel> {
     Some(Channel::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Tests that count this process's descriptors run one at a time: the others open and
+/// close descriptors on their threads.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 #[test]
 fn a_child_gets_a_working_listener_and_sends_a_socket_back() {
+    let _serial = serial();
     let (mine, mut child) = pair_with_child("child_serves_the_listener_it_receives");
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -61,6 +69,7 @@ fn a_child_gets_a_working_listener_and_sends_a_socket_back() {
 
 #[test]
 fn child_serves_the_listener_it_receives() {
+    let _serial = serial();
     let Some(channel) = inherited_end() else {
         return;
     };
@@ -75,6 +84,7 @@ fn child_serves_the_listener_it_receives() {
 
 #[test]
 fn a_damaged_record_is_refused_and_closed_and_the_channel_goes_on() {
+    let _serial = serial();
     let (a, b) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::SEQPACKET,
@@ -110,6 +120,7 @@ fn a_damaged_record_is_refused_and_closed_and_the_channel_goes_on() {
 
 #[test]
 fn a_full_descriptor_table_keeps_the_socket_queued() {
+    let _serial = serial();
     // RLIMIT_NOFILE is per process: lower it in a child of its own.
     let (mine, mut child) = pair_with_child("child_out_of_descriptors_receives_later");
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -119,6 +130,7 @@ fn a_full_descriptor_table_keeps_the_socket_queued() {
 
 #[test]
 fn child_out_of_descriptors_receives_later() {
+    let _serial = serial();
     let Some(channel) = inherited_end() else {
         return;
     };
@@ -146,6 +158,7 @@ fn child_out_of_descriptors_receives_later() {
 
 #[test]
 fn duplicate_many_crosses_a_message_boundary_and_each_info_redeems_once() {
+    let _serial = serial();
     let session = sockshare::Session::new().unwrap();
     // 300 sockets: two push records (253 + 47).
     let sockets: Vec<UdpSocket> = (0..300)

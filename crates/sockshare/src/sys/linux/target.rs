@@ -165,7 +165,7 @@ impl Session {
         }
         // The socket was pushed before the info was made, so if it is genuine it is queued
         // on a connection the thread has not drained yet.
-        inner.drain_all(&ep.options, true);
+        inner.drain_all(&ep.options, true, Some(info.token()));
         if let Some(fd) = inner.take(info)? {
             return Ok(fd);
         }
@@ -336,10 +336,10 @@ fn serve(ep: &Endpoint) {
             inner.accept_all(ep);
         }
         if retry {
-            inner.drain_all(&ep.options, false);
+            inner.drain_all(&ep.options, false, None);
         } else {
             for &slot in &ready {
-                inner.drain(slot, &ep.options, false);
+                inner.drain(slot, &ep.options, false, None);
             }
         }
         drop(inner);
@@ -437,15 +437,20 @@ impl Inner {
             self.live_conns += 1;
             // Data may have arrived before the watch began: edge-triggered epoll would not
             // report it.
-            self.drain(slot, &ep.options, false);
+            self.drain(slot, &ep.options, false, None);
         }
     }
 
-    fn drain_all(&mut self, options: &SessionOptions, force: bool) {
+    /// Drains every connection, or (with `until`) only until that token has arrived: a
+    /// redeem then makes no system call to find the queues empty. Whatever it leaves is
+    /// drained by the thread, which an edge of epoll woke for it.
+    fn drain_all(&mut self, options: &SessionOptions, force: bool, until: Option<u64>) {
         self.out_of_fds = false;
         self.full = false;
         for slot in 0..self.conns.len() {
-            self.drain(slot, options, force);
+            if self.drain(slot, options, force, until) {
+                return;
+            }
         }
         // Pending sockets come first: the spare is taken back only from what they leave.
         if !self.out_of_fds && self.reserve.is_none() {
@@ -464,27 +469,35 @@ impl Inner {
 
     /// Moves every socket queued on connection `slot` into the table, until the queue is
     /// empty, the table is at capacity (unless `force`), or descriptors run out.
-    fn drain(&mut self, slot: usize, options: &SessionOptions, force: bool) {
+    /// Returns whether the token `until` arrived (and stops there).
+    fn drain(
+        &mut self,
+        slot: usize,
+        options: &SessionOptions,
+        force: bool,
+        until: Option<u64>,
+    ) -> bool {
         loop {
             if !force && self.pending.len() >= options.capacity {
                 self.full = true;
-                return;
+                return false;
             }
             let Some(conn) = self.conns.get(slot).and_then(Option::as_ref) else {
-                return;
+                return false;
             };
             match receive(conn) {
-                Received::Nothing => return,
+                Received::Nothing => return false,
                 Received::OutOfDescriptors => {
                     self.out_of_fds = true;
-                    return;
+                    return false;
                 }
                 Received::Drop => {
                     self.conns[slot] = None;
                     self.live_conns -= 1;
-                    return;
+                    return false;
                 }
                 Received::Sockets(sockets) => {
+                    let arrived = sockets.iter().any(|(e, _)| Some(e.token) == until);
                     for (entry, fd) in sockets {
                         match self.pending.entry(entry.token) {
                             MapEntry::Vacant(v) => {
@@ -494,6 +507,9 @@ impl Inner {
                             // socket stays, the newer one is closed.
                             MapEntry::Occupied(_) => drop(fd),
                         }
+                    }
+                    if arrived {
+                        return true;
                     }
                 }
             }
