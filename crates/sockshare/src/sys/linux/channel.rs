@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
+use super::batch::{self, set_peek_off, Batch, Meta};
 use super::{os_error, wait_ready};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind, INFO_W_SIZE};
@@ -48,7 +49,7 @@ const MOVED: u16 = 2;
 const SOCKET: u16 = 3;
 
 /// Records one `recvmmsg` peeks at most.
-const BATCH: usize = 32;
+const BATCH: usize = batch::MAX_RECORDS;
 /// Descriptors a peek makes room for: one is valid, more reveal a broken peer.
 const MAX_FDS: usize = 4;
 /// How long `send` waits for the peer to announce itself.
@@ -81,12 +82,8 @@ pub(crate) struct Channel {
 struct Rx {
     /// Records already peeked, checked and consumed, in order, waiting for `recv`.
     ready: VecDeque<Result<(ProtocolInfo, OwnedFd)>>,
-    bytes: Box<[[u8; RECORD_LEN + 1]; BATCH]>,
-    control: Box<[[u64; CONTROL_WORDS]; BATCH]>,
+    batch: Batch,
 }
-
-const CONTROL_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS), ScmCredentials(1));
-const CONTROL_WORDS: usize = CONTROL_SPACE.div_ceil(8);
 
 /// What one record peeked from the queue turned out to be.
 enum Peeked {
@@ -95,16 +92,6 @@ enum Peeked {
     Socket(Result<(ProtocolInfo, OwnedFd)>),
     /// Its descriptor did not fit in this process's table: leave it queued.
     NoRoom,
-}
-
-/// What a peek gave for one record, beside its bytes.
-struct Meta {
-    len: usize,
-    fd: Option<OwnedFd>,
-    fds: usize,
-    uid: Option<u32>,
-    pid: Option<u32>,
-    truncated: bool,
 }
 
 impl Channel {
@@ -125,7 +112,10 @@ impl Channel {
     pub(crate) fn adopt(fd: OwnedFd, strict: bool) -> Result<Channel> {
         let set_up = rustix::net::sockopt::set_socket_passcred(&fd, true)
             .map_err(|e| os_error("asking for the peer's credentials", e))
-            .and_then(|()| set_peek_off(fd.as_fd(), 0));
+            .and_then(|()| {
+                set_peek_off(fd.as_fd(), 0)
+                    .map_err(|e| os_error("setting the channel's peek offset", e))
+            });
         if strict {
             set_up?;
         }
@@ -134,8 +124,7 @@ impl Channel {
             peer: AtomicU32::new(0),
             rx: Mutex::new(Rx {
                 ready: VecDeque::new(),
-                bytes: Box::new([[0; RECORD_LEN + 1]; BATCH]),
-                control: Box::new([[0; CONTROL_WORDS]; BATCH]),
+                batch: Batch::new(BATCH, RECORD_LEN, MAX_FDS, true),
             }),
         };
         let announced = channel.announce(HELLO);
@@ -268,14 +257,17 @@ impl Channel {
     /// those whose descriptors were all installed, in order. Stops at the first record
     /// that did not fit, and, unless `take_sockets`, at the first socket (left queued).
     fn receive_batch(&self, rx: &mut Rx, wait: bool, take_sockets: bool) -> Result<Vec<Peeked>> {
-        let metas = peek_batch(self.fd.as_fd(), rx, wait)?;
+        let metas = rx
+            .batch
+            .peek(self.fd.as_fd(), wait)
+            .map_err(|e| disconnected("receiving from the channel", e))?;
         let peeked = metas.len();
         let me = super::current_pid();
         let my_uid = rustix::process::geteuid().as_raw();
         let mut out = Vec::with_capacity(peeked);
         let mut consume = 0;
         for (i, meta) in metas.into_iter().enumerate() {
-            let record = classify(&rx.bytes[i][..meta.len], meta, me, my_uid);
+            let record = classify(rx.batch.record(i, &meta), meta, me, my_uid);
             let stop = match record {
                 Peeked::NoRoom => true,
                 Peeked::Socket(_) => !take_sockets,
@@ -287,10 +279,12 @@ impl Channel {
             }
             consume += 1;
         }
-        consume_records(self.fd.as_fd(), consume)?;
+        batch::consume(self.fd.as_fd(), consume)
+            .map_err(|e| disconnected("consuming records from the channel", e))?;
         if consume < peeked {
             // The peek offset moved past records that stay queued: start over at the head.
-            set_peek_off(self.fd.as_fd(), 0)?;
+            set_peek_off(self.fd.as_fd(), 0)
+                .map_err(|e| os_error("setting the channel's peek offset", e))?;
         }
         Ok(out)
     }
@@ -304,7 +298,7 @@ fn classify(bytes: &[u8], meta: Meta, me: u32, my_uid: u32) -> Peeked {
         )))
     };
     let kind = record_kind(bytes);
-    if meta.truncated && meta.fds == 0 && kind == Some(SOCKET) {
+    if meta.truncated && meta.fds.is_empty() && kind == Some(SOCKET) {
         return Peeked::NoRoom;
     }
     let Some(uid) = meta.uid else {
@@ -316,12 +310,12 @@ fn classify(bytes: &[u8], meta: Meta, me: u32, my_uid: u32) -> Peeked {
         ));
     }
     match kind {
-        Some(HELLO) if bytes.len() == HEADER_LEN && meta.fds == 0 => match meta.pid {
+        Some(HELLO) if bytes.len() == HEADER_LEN && meta.fds.is_empty() => match meta.pid {
             Some(pid) => Peeked::Hello(pid),
             None => invalid("the peer's announcement names no process visible here"),
         },
-        Some(MOVED) if bytes.len() == HEADER_LEN && meta.fds == 0 => Peeked::Moved,
-        Some(SOCKET) if bytes.len() == RECORD_LEN && meta.fds == 1 => {
+        Some(MOVED) if bytes.len() == HEADER_LEN && meta.fds.is_empty() => Peeked::Moved,
+        Some(SOCKET) if bytes.len() == RECORD_LEN && meta.fds.len() == 1 => {
             let info = match ProtocolInfo::from_bytes(&bytes[HEADER_LEN..]) {
                 Ok(info) => info,
                 Err(e) => return Peeked::Socket(Err(e)),
@@ -332,182 +326,12 @@ fn classify(bytes: &[u8], meta: Meta, me: u32, my_uid: u32) -> Peeked {
                     info.target_pid()
                 ));
             }
-            match meta.fd {
+            match meta.fds.into_iter().next() {
                 Some(fd) => Peeked::Socket(Ok((info, fd))),
                 None => invalid("it carried no socket"),
             }
         }
         _ => invalid("it is not a well-formed sockshare channel record"),
-    }
-}
-
-/// Peeks up to `BATCH` records into `rx`'s buffers in one `recvmmsg`, each past the one
-/// before it (`SO_PEEK_OFF`, which the last consume left at the head). Blocks for the
-/// first record when `wait`; an empty `Vec` means nothing is queued.
-fn peek_batch(fd: BorrowedFd<'_>, rx: &mut Rx, wait: bool) -> Result<Vec<Meta>> {
-    let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    });
-    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, m) in msgs.iter_mut().enumerate() {
-        iovs[i] = libc::iovec {
-            iov_base: rx.bytes[i].as_mut_ptr().cast(),
-            iov_len: RECORD_LEN + 1,
-        };
-        m.msg_hdr.msg_iov = &mut iovs[i];
-        m.msg_hdr.msg_iovlen = 1;
-        m.msg_hdr.msg_control = rx.control[i].as_mut_ptr().cast();
-        m.msg_hdr.msg_controllen = CONTROL_SPACE as _;
-    }
-    let flags = libc::MSG_PEEK
-        | libc::MSG_CMSG_CLOEXEC
-        | if wait {
-            libc::MSG_WAITFORONE
-        } else {
-            libc::MSG_DONTWAIT
-        };
-    let n = loop {
-        // SAFETY: every header's iovec and control buffer point into `rx`'s buffers, which
-        // are exclusively borrowed for the call and outlive it.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as _,
-                flags,
-                std::ptr::null_mut(),
-            )
-        };
-        if n >= 0 {
-            break n as usize;
-        }
-        match Errno::from_io_error(&std::io::Error::last_os_error()) {
-            Some(Errno::INTR) => continue,
-            Some(Errno::AGAIN) if !wait => return Ok(Vec::new()),
-            e => {
-                return Err(disconnected(
-                    "receiving from the channel",
-                    e.unwrap_or(Errno::IO),
-                ))
-            }
-        }
-    };
-    let mut out = Vec::with_capacity(n);
-    for m in msgs.iter().take(n) {
-        let len = m.msg_len as usize;
-        let mut meta = Meta {
-            len: len.min(RECORD_LEN + 1),
-            fd: None,
-            fds: 0,
-            uid: None,
-            pid: None,
-            truncated: m.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0,
-        };
-        // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed cmsgs into this
-        // header's control buffer; CMSG_FIRSTHDR/NXTHDR stay inside it, and reads of
-        // their data are unaligned-safe.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
-            while !c.is_null() {
-                let data = libc::CMSG_DATA(c);
-                let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                match ((*c).cmsg_level, (*c).cmsg_type) {
-                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                        for k in 0..payload / 4 {
-                            let raw = std::ptr::read_unaligned(data.cast::<i32>().add(k));
-                            // The kernel installed this descriptor for us alone; extra
-                            // ones (a broken peer) close at once.
-                            let fd = OwnedFd::from_raw_fd(raw);
-                            meta.fds += 1;
-                            if meta.fd.is_none() {
-                                meta.fd = Some(fd);
-                            }
-                        }
-                    }
-                    (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
-                        let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
-                        meta.uid = Some(cred.uid);
-                        meta.pid = (cred.pid > 0).then_some(cred.pid as u32);
-                    }
-                    _ => {}
-                }
-                c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
-            }
-        }
-        if len == 0 && meta.fds == 0 && meta.uid.is_none() {
-            // A zero-length read with nothing attached: the peer closed its end.
-            if out.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::NetDown,
-                    "the channel's other end was closed",
-                ));
-            }
-            break;
-        }
-        out.push(meta);
-    }
-    Ok(out)
-}
-
-/// Consumes `count` records from the head of the queue without taking their descriptors
-/// (the kernel drops its references; the peeked copies are what we keep).
-fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<()> {
-    if count == 0 {
-        return Ok(());
-    }
-    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header (no iov, no
-    // control), so each record is consumed whole (seqpacket) and truncated to nothing.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let count = count.min(BATCH);
-    let mut done = 0;
-    while done < count {
-        // SAFETY: `msgs[done..]` are empty headers (no iov, no control) owned by us.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd.as_raw_fd(),
-                msgs[done..].as_mut_ptr(),
-                (count - done) as _,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n > 0 {
-            done += n as usize;
-            continue;
-        }
-        match Errno::from_io_error(&std::io::Error::last_os_error()) {
-            Some(Errno::INTR) => {}
-            e => {
-                return Err(disconnected(
-                    "consuming records from the channel",
-                    e.unwrap_or(Errno::IO),
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-fn set_peek_off(fd: BorrowedFd<'_>, off: i32) -> Result<()> {
-    // SAFETY: SO_PEEK_OFF takes an int; `off` lives for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
-            (&off as *const i32).cast(),
-            std::mem::size_of::<i32>() as _,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(os_error(
-            "setting the channel's peek offset",
-            std::io::Error::last_os_error(),
-        ))
     }
 }
 

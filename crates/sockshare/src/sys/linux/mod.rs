@@ -19,6 +19,7 @@
 //! - fork: the child must not hold the parent's pending sockets (the peer would never see
 //!   EOF) nor reuse its random tokens, so `pthread_atfork` handlers close them in the child.
 
+mod batch;
 mod channel;
 mod source;
 mod target;
