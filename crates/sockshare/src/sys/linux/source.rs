@@ -270,6 +270,8 @@ fn connect(pid: u32) -> Result<OwnedFd> {
                 ),
             ))
         }
+        // The target ended (or died) between our connect and its answer.
+        Err(e) if is_disconnect(e) => return Err(no_session(Some(e))),
         Err(e) => return Err(os_error("waiting for the target's answer", e)),
     };
     match verdict {

@@ -2,9 +2,7 @@
 //! sockets.
 
 use std::collections::hash_map::{Entry as MapEntry, HashMap};
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,11 +11,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rustix::event::epoll;
 use rustix::io::Errno;
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
-    SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 
+use super::batch::{self, Batch, Meta};
 use super::wire::{self, Verdict};
 use super::{endpoint_address, os_error, peer_cred};
 use crate::error::{Error, ErrorKind, Result};
@@ -84,6 +80,8 @@ struct Inner {
     full: bool,
     /// Draining stopped because the process is out of descriptors; the thread retries.
     out_of_fds: bool,
+    /// Buffers for receiving pushes, many records per system call.
+    batch: Batch,
 }
 
 struct Pending {
@@ -295,6 +293,7 @@ impl Endpoint {
                 pending: HashMap::new(),
                 full: false,
                 out_of_fds: false,
+                batch: Batch::new(batch::MAX_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false),
             }),
         })
     }
@@ -352,16 +351,6 @@ fn serve(ep: &Endpoint) {
     }
 }
 
-/// What one receive from a source connection gave.
-enum Received {
-    Nothing,
-    Sockets(Vec<(wire::Entry, OwnedFd)>),
-    OutOfDescriptors,
-    /// End of stream, an error, or a record that breaks the protocol: drop the connection
-    /// (the kernel closes whatever it still queues).
-    Drop,
-}
-
 impl Inner {
     fn take(&mut self, info: &ProtocolInfo) -> Result<Option<OwnedFd>> {
         match self.pending.entry(info.token()) {
@@ -402,7 +391,10 @@ impl Inner {
         let target_uid = rustix::process::geteuid().as_raw();
         let verdict = match peer_cred(conn.as_fd()) {
             Ok(cred) if ep.options.policy.allows(cred.uid, target_uid) => {
-                if self.live_conns >= connection_limit() {
+                // Receiving peeks a batch at a time, stepping with SO_PEEK_OFF.
+                if self.live_conns >= connection_limit()
+                    || batch::set_peek_off(conn.as_fd(), 0).is_err()
+                {
                     Verdict::Busy
                 } else {
                     Verdict::Accepted
@@ -469,7 +461,10 @@ impl Inner {
 
     /// Moves every socket queued on connection `slot` into the table, until the queue is
     /// empty, the table is at capacity (unless `force`), or descriptors run out.
-    /// Returns whether the token `until` arrived (and stops there).
+    /// Moves the sockets queued on connection `slot` into the table, a batch of records
+    /// per peek, until the queue is empty, the table is at capacity (unless `force`),
+    /// descriptors run out, or (with `until`) that token has arrived. Returns whether it
+    /// did.
     fn drain(
         &mut self,
         slot: usize,
@@ -477,96 +472,117 @@ impl Inner {
         force: bool,
         until: Option<u64>,
     ) -> bool {
+        // Out of its slot while draining, so the table can be filled meanwhile.
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return false;
+        };
+        let (keep, found) = self.drain_conn(conn.as_fd(), options, force, until);
+        if keep {
+            self.conns[slot] = Some(conn);
+        } else {
+            self.live_conns -= 1; // dropping `conn` closes it and whatever it still queues
+        }
+        found
+    }
+
+    /// `drain` on one connection: returns whether to keep the connection, and whether
+    /// `until` arrived.
+    fn drain_conn(
+        &mut self,
+        conn: BorrowedFd<'_>,
+        options: &SessionOptions,
+        force: bool,
+        until: Option<u64>,
+    ) -> (bool, bool) {
+        let mut found = false;
         loop {
             if !force && self.pending.len() >= options.capacity {
                 self.full = true;
-                return false;
+                return (true, found);
             }
-            let Some(conn) = self.conns.get(slot).and_then(Option::as_ref) else {
-                return false;
+            let records = match self.batch.peek(conn, false) {
+                Ok(records) if records.is_empty() => return (true, found),
+                Ok(records) => records,
+                Err(_) => return (false, found),
             };
-            match receive(conn) {
-                Received::Nothing => return false,
-                Received::OutOfDescriptors => {
-                    self.out_of_fds = true;
-                    return false;
-                }
-                Received::Drop => {
-                    self.conns[slot] = None;
-                    self.live_conns -= 1;
-                    return false;
-                }
-                Received::Sockets(sockets) => {
-                    let arrived = sockets.iter().any(|(e, _)| Some(e.token) == until);
-                    for (entry, fd) in sockets {
-                        match self.pending.entry(entry.token) {
-                            MapEntry::Vacant(v) => {
-                                v.insert(Pending { fd, tag: entry.tag });
-                            }
-                            // A source reusing a live token breaks the protocol; the older
-                            // socket stays, the newer one is closed.
-                            MapEntry::Occupied(_) => drop(fd),
-                        }
+            let peeked = records.len();
+            let (mut taken, mut no_room) = (0, false);
+            for (i, meta) in records.into_iter().enumerate() {
+                match push_record(self.batch.record(i, &meta), meta) {
+                    Record::Sockets(sockets) => {
+                        found |= self.insert(sockets, until);
+                        taken += 1;
                     }
-                    if arrived {
-                        return true;
+                    // Copies of the records after it close with the iterator; they stay
+                    // queued and the next peek starts over at this one.
+                    Record::NoRoom => {
+                        no_room = i == 0;
+                        break;
                     }
+                    Record::Broken => return (false, found),
                 }
+                if found || (!force && self.pending.len() >= options.capacity) {
+                    break;
+                }
+            }
+            if batch::consume(conn, taken).is_err()
+                || (taken < peeked && batch::set_peek_off(conn, 0).is_err())
+            {
+                return (false, found);
+            }
+            if no_room {
+                self.out_of_fds = true;
+                return (true, found);
+            }
+            if found {
+                return (true, true);
             }
         }
+    }
+
+    /// Puts received sockets in the table; returns whether `until` was among them.
+    fn insert(&mut self, sockets: Vec<(wire::Entry, OwnedFd)>, until: Option<u64>) -> bool {
+        let mut found = false;
+        for (entry, fd) in sockets {
+            found |= Some(entry.token) == until;
+            match self.pending.entry(entry.token) {
+                MapEntry::Vacant(v) => {
+                    v.insert(Pending { fd, tag: entry.tag });
+                }
+                // A source reusing a live token breaks the protocol; the older socket
+                // stays, the newer one is closed.
+                MapEntry::Occupied(_) => drop(fd),
+            }
+        }
+        found
     }
 }
 
-/// Receives one push record without ever letting the kernel drop a descriptor: peek first
-/// (the kernel installs copies and keeps the record queued), consume only when every
-/// descriptor was installed.
-fn receive(conn: &OwnedFd) -> Received {
-    let mut record = [0u8; wire::MAX_PUSH_LEN + 1];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_FDS))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let peeked = loop {
-        match rustix::net::recvmsg(
-            conn,
-            &mut [IoSliceMut::new(&mut record)],
-            &mut control,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => break msg,
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return Received::Nothing,
-            Err(_) => return Received::Drop,
-        }
-    };
-    if peeked.bytes == 0 || peeked.bytes > wire::MAX_PUSH_LEN {
-        return Received::Drop;
+/// What one peeked push record turned out to be.
+enum Record {
+    Sockets(Vec<(wire::Entry, OwnedFd)>),
+    /// Its descriptors did not all fit in this process's table: leave it queued.
+    NoRoom,
+    /// A record that breaks the protocol: drop the connection (the kernel closes whatever
+    /// it still queues).
+    Broken,
+}
+
+fn push_record(bytes: &[u8], meta: Meta) -> Record {
+    if meta.len == 0 || meta.len > wire::MAX_PUSH_LEN {
+        return Record::Broken;
     }
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
-    let Some(entries) = wire::parse_push(&record[..peeked.bytes]) else {
-        return Received::Drop;
+    let Some(entries) = wire::parse_push(bytes) else {
+        return Record::Broken;
     };
     let entries: Vec<wire::Entry> = entries.collect();
-    if fds.len() < entries.len() && peeked.flags.contains(ReturnFlags::CTRUNC) {
-        return Received::OutOfDescriptors; // `fds` (the copies) close; the record stays
+    if meta.fds.len() < entries.len() && meta.truncated {
+        return Record::NoRoom;
     }
-    if fds.len() != entries.len() {
-        return Received::Drop;
+    if meta.fds.len() != entries.len() {
+        return Record::Broken;
     }
-    // Consume the record with no room for descriptors: the kernel closes its references,
-    // and ours (the peeked copies) remain.
-    let mut nothing = RecvAncillaryBuffer::default();
-    loop {
-        match rustix::net::recvmsg(conn, &mut [], &mut nothing, RecvFlags::DONTWAIT) {
-            Ok(_) => break,
-            Err(Errno::INTR) => {}
-            Err(_) => return Received::Drop,
-        }
-    }
-    Received::Sockets(entries.into_iter().zip(fds).collect())
+    Record::Sockets(entries.into_iter().zip(meta.fds).collect())
 }
 
 pub(super) fn before_fork() {
