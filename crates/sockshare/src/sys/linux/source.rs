@@ -239,7 +239,7 @@ fn connect(pid: u32) -> Result<OwnedFd> {
         .and_then(|()| set_socket_timeout(&sock, Timeout::Recv, timeout))
         .map_err(|e| os_error("configuring the connection to the target", e))?;
     let addr = endpoint_address(pid).map_err(|e| os_error("naming the target", e))?;
-    match rustix::net::connect(&sock, &addr) {
+    match restarting(|| rustix::net::connect(&sock, &addr)) {
         Ok(()) => {}
         Err(e @ (Errno::CONNREFUSED | Errno::NOENT)) => return Err(no_session(Some(e))),
         Err(e @ Errno::AGAIN) => {
@@ -259,7 +259,9 @@ fn connect(pid: u32) -> Result<OwnedFd> {
         return Err(no_session(None));
     }
     let mut buf = [0u8; wire::HEADER_LEN + 1];
-    let verdict = match rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty()) {
+    let received =
+        restarting(|| rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty()));
+    let verdict = match received {
         Ok((got, _)) => wire::parse_reply(&buf[..got]),
         Err(Errno::AGAIN) => {
             return Err(Error::new(
@@ -289,6 +291,19 @@ fn connect(pid: u32) -> Result<OwnedFd> {
             format!("process {pid}'s session has no room for another source connection"),
         )),
         None => Err(no_session(None)),
+    }
+}
+
+/// Runs `call` again when a signal handler interrupted it. On a socket with a timeout,
+/// as the handshake's, the kernel restarts no call after a handler, even under
+/// SA_RESTART (signal(7)): without this, any signal a program handles could fail
+/// `duplicate` with WSAENETDOWN.
+fn restarting<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => {}
+            r => return r,
+        }
     }
 }
 
