@@ -333,6 +333,10 @@ fn open_link(variant: Variant, serial: usize) -> Result<LinkEnds> {
         }
         Variant::Pidfd | Variant::Pipe | Variant::Batch => {
             let (r, w) = rustix::pipe::pipe_with(cloexec)?;
+            // A batch's infos (253 x 628 bytes) overflow the default 64 KiB pipe, which
+            // would make source and target take turns; a program moving infos in bulk
+            // sizes its pipe, so the harness does (1 MiB, the unprivileged maximum).
+            let _ = rustix::pipe::fcntl_setpipe_size(&w, 1 << 20);
             (Some(w), r)
         }
         Variant::Naive => {

@@ -103,6 +103,10 @@ impl Channel {
             None,
         )
         .map_err(|e| os_error("creating the channel's socket pair", e))?;
+        // As for a session's connections: room for about a thousand sockets in flight.
+        for end in [&a, &b] {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(end, 1 << 20);
+        }
         Ok((Channel::adopt(a, true)?, Channel::adopt(b, true)?))
     }
 

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::event::epoll;
@@ -24,6 +24,8 @@ use crate::session::SessionOptions;
 const RETRY: Duration = Duration::from_millis(20);
 /// How long the session's thread lets pushes gather after draining.
 const COALESCE: Duration = Duration::from_micros(200);
+/// How recently a redeem must have run for the thread to leave draining to redeems.
+const ACTIVE: Duration = Duration::from_millis(1);
 /// Source connections one session serves at once; more get a "busy" answer.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -80,6 +82,8 @@ struct Inner {
     full: bool,
     /// Draining stopped because the process is out of descriptors; the thread retries.
     out_of_fds: bool,
+    /// When this process last redeemed.
+    last_redeem: Option<Instant>,
     /// Buffers for receiving pushes, many records per system call.
     batch: Batch,
 }
@@ -158,6 +162,7 @@ impl Session {
         if inner.closed {
             return Err(not_initialised());
         }
+        inner.last_redeem = Some(Instant::now());
         if let Some(fd) = inner.take(info)? {
             return Ok(fd);
         }
@@ -293,6 +298,7 @@ impl Endpoint {
                 pending: HashMap::new(),
                 full: false,
                 out_of_fds: false,
+                last_redeem: None,
                 batch: Batch::new(batch::MAX_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false),
             }),
         })
@@ -302,18 +308,26 @@ impl Endpoint {
 /// The session's thread: admits sources and drains their pushes into the table.
 fn serve(ep: &Endpoint) {
     let mut events = Vec::with_capacity(64);
-    let mut ready = Vec::with_capacity(64);
+    // Connections with data this thread has not drained yet.
+    let mut ready: Vec<usize> = Vec::with_capacity(64);
     loop {
-        let retry = ep.inner.lock().starved();
-        let timeout = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: RETRY.as_nanos() as _,
+        let starved = ep.inner.lock().starved();
+        let timeout = if starved {
+            Some(RETRY)
+        } else if !ready.is_empty() {
+            Some(ACTIVE)
+        } else {
+            None
         };
+        let timeout = timeout.map(|t| rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: t.as_nanos() as _,
+        });
         events.clear();
         match epoll::wait(
             &ep.epoll,
             rustix::buffer::spare_capacity(&mut events),
-            retry.then_some(&timeout),
+            timeout.as_ref(),
         ) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(_) => return,
@@ -321,31 +335,40 @@ fn serve(ep: &Endpoint) {
         if ep.stopping.load(Ordering::Acquire) {
             return;
         }
-        let mut accept = retry;
-        ready.clear();
+        let mut accept = starved;
         for ev in &events {
             match ev.data.u64() {
                 LISTENER_KEY => accept = true,
                 WAKE_KEY => {}
-                key => ready.push((key - CONN_BASE) as usize),
+                key => {
+                    let slot = (key - CONN_BASE) as usize;
+                    if !ready.contains(&slot) {
+                        ready.push(slot);
+                    }
+                }
             }
         }
         let mut inner = ep.inner.lock();
         if accept {
             inner.accept_all(ep);
         }
-        if retry {
+        // While this process redeems, its redeems drain inline on a miss: the thread
+        // stays out of their way (it would take a core from them) and looks again once
+        // they pause. Otherwise it drains, then lets the next pushes gather a while, so
+        // a stream of pushes does not cost a wake-up each.
+        let drain = !ready.is_empty() && !inner.redeemed_recently();
+        if starved {
             inner.drain_all(&ep.options, false, None);
-        } else {
+        } else if drain {
             for &slot in &ready {
                 inner.drain(slot, &ep.options, false, None);
             }
         }
         drop(inner);
-        // Under a stream of pushes, waking once per push costs the sources and the
-        // redeeming threads a core's worth of context switches; gathering a short while's
-        // pushes into one wake-up does not delay redeem, which drains inline on a miss.
-        if !ready.is_empty() {
+        if starved || drain {
+            ready.clear();
+        }
+        if drain {
             std::thread::sleep(COALESCE);
         }
     }
@@ -453,6 +476,10 @@ impl Inner {
         }
     }
 
+    fn redeemed_recently(&self) -> bool {
+        self.last_redeem.is_some_and(|t| t.elapsed() < ACTIVE)
+    }
+
     /// Whether the thread must retry on a timer: descriptors ran out, so no event will
     /// say when receiving (or taking back the spare) can succeed.
     fn starved(&self) -> bool {
@@ -521,7 +548,9 @@ impl Inner {
                     }
                     Record::Broken => return (false, found),
                 }
-                if found || (!force && self.pending.len() >= options.capacity) {
+                // A peeked record is taken whole-batch even past `until`: its copies are
+                // installed already, and putting them back costs more than keeping them.
+                if !force && self.pending.len() >= options.capacity {
                     break;
                 }
             }
