@@ -123,18 +123,25 @@ impl Batch {
             }
         };
         let mut out = Vec::with_capacity(n);
+        let mut ended = false;
         for m in msgs.iter().take(n) {
             // SAFETY: the kernel filled this header's control buffer with `msg_controllen`
             // bytes of well-formed cmsgs.
             let meta = unsafe { read_meta(m) };
+            // Read even past the end: the kernel installed copies of every peeked
+            // record's descriptors, and dropping `meta` closes them.
+            if ended {
+                continue;
+            }
             if meta.len == 0 && meta.fds.is_empty() && meta.uid.is_none() {
                 // A zero-length read with nothing attached: the peer closed its end.
-                if out.is_empty() {
-                    return Err(Errno::PIPE);
-                }
-                break;
+                ended = true;
+                continue;
             }
             out.push(meta);
+        }
+        if ended && out.is_empty() {
+            return Err(Errno::PIPE);
         }
         Ok(out)
     }
