@@ -4,6 +4,9 @@
 //! a signal handler, even under SA_RESTART (signal(7)), so any program with a handler
 //! (SIGCHLD, timers, profilers) could see it.
 
+// Linux: these drive the Linux backend's endpoint and its system calls directly.
+#![cfg(target_os = "linux")]
+
 use std::mem::MaybeUninit;
 use std::net::UdpSocket;
 use std::os::unix::thread::JoinHandleExt;
