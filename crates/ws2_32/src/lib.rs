@@ -260,6 +260,17 @@ pub unsafe extern "C" fn WSADuplicateSocketW(
     })
 }
 
+/// The `N` info bytes a `WSASocket` caller passed, if it passed any.
+///
+/// # Safety
+///
+/// `p` is NULL or readable for `N` initialised bytes.
+unsafe fn info_bytes<const N: usize, T>(p: *const T) -> Option<[u8; N]> {
+    // SAFETY: per the contract `p` is readable for N bytes; read_unaligned needs no
+    // alignment.
+    (!p.is_null()).then(|| unsafe { std::ptr::read_unaligned(p.cast::<[u8; N]>()) })
+}
+
 /// An af/type/protocol argument agrees with the info's value (S13).
 fn matches_info(arg: c_int, value: i32) -> bool {
     arg == FROM_PROTOCOL_INFO || arg == 0 || arg == value
@@ -352,11 +363,9 @@ pub unsafe extern "C" fn WSASocketA(
     g: GROUP,
     dwFlags: DWORD,
 ) -> SOCKET {
-    let bytes = (!lpProtocolInfo.is_null()).then(|| {
-        // SAFETY: the caller guarantees a readable, initialised WSAPROTOCOL_INFOA, which
-        // is INFO_A_SIZE bytes without padding; read_unaligned needs no alignment.
-        unsafe { std::ptr::read_unaligned(lpProtocolInfo.cast::<[u8; INFO_A_SIZE]>()) }
-    });
+    // SAFETY: the caller guarantees NULL or a readable, initialised WSAPROTOCOL_INFOA,
+    // which is INFO_A_SIZE bytes without padding.
+    let bytes = unsafe { info_bytes::<INFO_A_SIZE, _>(lpProtocolInfo) };
     create_socket(
         af,
         r#type,
@@ -382,11 +391,9 @@ pub unsafe extern "C" fn WSASocketW(
     g: GROUP,
     dwFlags: DWORD,
 ) -> SOCKET {
-    let bytes = (!lpProtocolInfo.is_null()).then(|| {
-        // SAFETY: the caller guarantees a readable, initialised WSAPROTOCOL_INFOW, which
-        // is INFO_W_SIZE bytes without padding; read_unaligned needs no alignment.
-        unsafe { std::ptr::read_unaligned(lpProtocolInfo.cast::<[u8; INFO_W_SIZE]>()) }
-    });
+    // SAFETY: the caller guarantees NULL or a readable, initialised WSAPROTOCOL_INFOW,
+    // which is INFO_W_SIZE bytes without padding.
+    let bytes = unsafe { info_bytes::<INFO_W_SIZE, _>(lpProtocolInfo) };
     create_socket(
         af,
         r#type,
