@@ -61,6 +61,21 @@ pub(crate) struct SessionOptions {
 /// `WSAENOBUFS`. Each holds one descriptor of the target process.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
+impl SessionOptions {
+    /// Checks that a session with these settings may be joined by a request for
+    /// `requested` ones (`None`: whatever runs).
+    pub(crate) fn check_join(&self, requested: Option<&SessionOptions>) -> Result<()> {
+        if requested.is_some_and(|o| o != self) {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Invalid,
+                "a session with other options is already active in this process: \
+                 join it with Session::new() or end it first",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SessionOptions {
     fn default() -> SessionOptions {
         SessionOptions {

@@ -105,13 +105,7 @@ impl Session {
         super::install_fork_handlers();
         let mut reg = REGISTRY.lock();
         if let Some(ep) = reg.endpoint.clone() {
-            if options.is_some_and(|o| *o != ep.options) {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    "a session with other options is already active in this process: \
-                     join it with Session::new() or end it first",
-                ));
-            }
+            ep.options.check_join(options)?;
             reg.refs += 1;
             return Ok(Session { endpoint: ep });
         }

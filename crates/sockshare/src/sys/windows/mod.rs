@@ -245,13 +245,7 @@ impl Session {
         startup();
         let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(active) = reg.options.clone() {
-            if options.is_some_and(|o| *o != active) {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    "a session with other options is already active in this process: \
-                     join it with Session::new() or end it first",
-                ));
-            }
+            active.check_join(options)?;
             reg.refs += 1;
             return Ok(Session { options: active });
         }
