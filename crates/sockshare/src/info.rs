@@ -384,8 +384,29 @@ pub use crate::sys::ProtocolInfo;
 impl ProtocolInfo {
     /// A fresh info for a socket of `kind` shared with `target_pid` under `token`.
     pub(crate) fn for_share(kind: SocketKind, target_pid: u32, token: u64) -> ProtocolInfo {
+        let mut info = ProtocolInfo::unsigned(kind, target_pid, token);
+        info.tag = info.compute_tag();
+        info
+    }
+
+    /// [`for_share`](Self::for_share) and its W form, serialised once (the handoff path
+    /// needs both).
+    pub(crate) fn for_share_w(
+        kind: SocketKind,
+        target_pid: u32,
+        token: u64,
+    ) -> (ProtocolInfo, [u8; INFO_W_SIZE]) {
+        let mut info = ProtocolInfo::unsigned(kind, target_pid, token);
+        let mut w = info.to_bytes_w(); // the tag is 0 here, as the CRC wants it
+        info.tag = crc32fast::hash(&w);
+        put(&mut w, offset::PROVIDER_RESERVED, info.tag);
+        (info, w)
+    }
+
+    /// The info's fields, before the integrity check (tag 0).
+    fn unsigned(kind: SocketKind, target_pid: u32, token: u64) -> ProtocolInfo {
         let (min_sockaddr, max_sockaddr) = kind.sockaddr_sizes();
-        let mut info = ProtocolInfo {
+        ProtocolInfo {
             service_flags1: kind.service_flags(),
             target_pid,
             token,
@@ -407,9 +428,7 @@ impl ProtocolInfo {
             },
             tag: 0,
             name: kind.provider_name(),
-        };
-        info.tag = info.compute_tag();
-        info
+        }
     }
 
     /// Parses an info from untrusted bytes: 628 bytes are the W form, 372 the A form.
@@ -467,7 +486,17 @@ impl ProtocolInfo {
             tag: get_u32(bytes, offset::PROVIDER_RESERVED),
             name,
         };
-        if info.compute_tag() != info.tag {
+        // A W info with zeros after its name is byte for byte what serialising it gives
+        // (every other byte is read as a field): check its CRC on the bytes as they are,
+        // and serialise again only for anything else.
+        let name_end = offset::SZ_PROTOCOL + 2 * (info.name.len() + 1);
+        let fast = bytes.len() == INFO_W_SIZE && bytes[name_end..].iter().all(|&b| b == 0) && {
+            let mut w = [0u8; INFO_W_SIZE];
+            w.copy_from_slice(bytes);
+            w[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
+            crc32fast::hash(&w) == info.tag
+        };
+        if !fast && info.compute_tag() != info.tag {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
             ));
@@ -706,6 +735,19 @@ mod tests {
             let meaningful = at < offset::SZ_PROTOCOL + 2 * (info.protocol_name().len() + 1);
             assert_eq!(parsed.is_err(), meaningful, "byte {at}");
         }
+    }
+
+    #[test]
+    fn the_handoff_path_serialises_the_same_bytes() {
+        let (info, w) = ProtocolInfo::for_share_w(tcp4(), 4242, 0xfeed);
+        assert_eq!(info, ProtocolInfo::for_share(tcp4(), 4242, 0xfeed));
+        assert_eq!(w, info.to_bytes_w());
+        assert_eq!(ProtocolInfo::from_bytes(&w).unwrap(), info);
+        // Bytes after the name carry nothing: with garbage there the info parses the same
+        // (through the canonical check, not the fast one).
+        let mut noisy = w;
+        noisy[INFO_W_SIZE - 1] = 0x7f;
+        assert_eq!(ProtocolInfo::from_bytes(&noisy).unwrap(), info);
     }
 
     #[test]

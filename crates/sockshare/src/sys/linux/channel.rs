@@ -162,10 +162,10 @@ impl Channel {
             0 => self.resolve_peer()?,
             pid => pid,
         };
-        let info = ProtocolInfo::for_share(kind, peer, super::source::next_token()?);
+        let (_, info) = ProtocolInfo::for_share_w(kind, peer, super::source::next_token()?);
         let mut record = [0u8; RECORD_LEN];
         record[..HEADER_LEN].copy_from_slice(&header(SOCKET));
-        record[HEADER_LEN..].copy_from_slice(&info.to_bytes_w());
+        record[HEADER_LEN..].copy_from_slice(&info);
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         let fds = [fd];
