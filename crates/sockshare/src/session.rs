@@ -61,6 +61,19 @@ pub(crate) struct SessionOptions {
 /// `WSAENOBUFS`. Each holds one descriptor of the target process.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
+/// Checks that an info made for `target_pid` is redeemed by that process (`me`).
+pub(crate) fn check_made_for(target_pid: u32, me: u32) -> Result<()> {
+    if target_pid != me {
+        return Err(crate::Error::new(
+            crate::ErrorKind::Invalid,
+            format!(
+                "this protocol info was made for process {target_pid}, not for this process ({me})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl SessionOptions {
     /// Checks that a session with these settings may be joined by a request for
     /// `requested` ones (`None`: whatever runs).

@@ -143,15 +143,7 @@ impl Session {
         let ep = &*self.endpoint;
         // The calling process, not the session's: in a forked child they differ.
         let me = super::current_pid();
-        if info.target_pid() != me {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "this protocol info was made for process {}, not for this process ({me})",
-                    info.target_pid(),
-                ),
-            ));
-        }
+        crate::session::check_made_for(info.target_pid(), me)?;
         let mut inner = ep.inner.lock();
         if inner.closed {
             return Err(not_initialised());

@@ -271,15 +271,7 @@ impl Session {
     /// after sockshare's checks of target and single use.
     pub(crate) fn redeem(&self, info: &crate::info::ProtocolInfo) -> Result<OwnedSocket> {
         let me = current_pid();
-        if info.target_pid() != me {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "this protocol info was made for process {}, not for this process ({me})",
-                    info.target_pid(),
-                ),
-            ));
-        }
+        crate::session::check_made_for(info.target_pid(), me)?;
         // Held across WSASocketW, so two threads cannot both redeem one info.
         let mut redeemed = REDEEMED.lock().unwrap_or_else(|e| e.into_inner());
         let redeemed = redeemed.get_or_insert_with(HashSet::new);
