@@ -13,11 +13,10 @@
 //! - `naive`: a new Unix connection per handoff;
 //! - `pipe`: `sockshare::duplicate`, the info over a pipe, `Session::redeem`;
 //! - `channel`: `sockshare::Channel` (socket and info in one message);
-//! - `batch`: `sockshare::duplicate_many` of 253 sockets per call, infos over a pipe.
-//!
-//! The C interface (`WSADuplicateSocketA` + `WSASocketA`, crates/ws2_32) gets its own
-//! variant here once it exists: add it to [`Variant`], open its ends in
-//! `worker::Sender::open`/`worker::Receiver::open`, and list it in [`plan`].
+//! - `batch`: `sockshare::duplicate_many` of 253 sockets per call, infos over a pipe;
+//! - `c-api`: the C interface (crates/ws2_32) as a C program calls it:
+//!   `WSADuplicateSocketA`, the 372-byte `WSAPROTOCOL_INFOA` over a pipe, `WSASocketA`,
+//!   `closesocket`.
 
 mod report;
 mod worker;
@@ -93,6 +92,7 @@ pub(crate) enum Variant {
     Pipe,
     Channel,
     Batch,
+    CApi,
 }
 
 impl Variant {
@@ -104,6 +104,7 @@ impl Variant {
             Variant::Pipe => "pipe",
             Variant::Channel => "channel",
             Variant::Batch => "batch",
+            Variant::CApi => "c-api",
         }
     }
 }
@@ -166,14 +167,14 @@ struct Sizes {
 /// The scenarios and, for each, the variants measured side by side.
 fn plan() -> Vec<(Scenario, Vec<Variant>)> {
     use Variant::*;
-    let all = vec![Raw, Pidfd, Naive, Pipe, Channel];
+    let all = vec![Raw, Pidfd, Naive, Pipe, Channel, CApi];
     let mut plan = vec![
         (
             Scenario::Stream {
                 sources: 1,
                 targets: 1,
             },
-            vec![Raw, Pidfd, Naive, Pipe, Channel, Batch],
+            vec![Raw, Pidfd, Naive, Pipe, Channel, Batch, CApi],
         ),
         (Scenario::RoundTrip, all.clone()),
     ];
@@ -331,7 +332,7 @@ fn open_link(variant: Variant, serial: usize) -> Result<LinkEnds> {
             )?;
             (Some(s), t)
         }
-        Variant::Pidfd | Variant::Pipe | Variant::Batch => {
+        Variant::Pidfd | Variant::Pipe | Variant::Batch | Variant::CApi => {
             let (r, w) = rustix::pipe::pipe_with(cloexec)?;
             // A batch's infos (253 x 628 bytes) overflow the default 64 KiB pipe, which
             // would make source and target take turns; a program moving infos in bulk

@@ -186,6 +186,10 @@ enum Sender {
         pid: u32,
         bytes: Vec<u8>,
     },
+    CApi {
+        pipe: File,
+        pid: u32,
+    },
 }
 
 impl Sender {
@@ -218,6 +222,13 @@ impl Sender {
                 pid: pid()?,
                 bytes: Vec::with_capacity(BATCH * PAYLOAD),
             },
+            Variant::CApi => {
+                c_api::startup()?;
+                Sender::CApi {
+                    pipe: File::from(inherited(link.data, "data")?),
+                    pid: pid()?,
+                }
+            }
         })
     }
 
@@ -253,6 +264,10 @@ impl Sender {
                 Ok(())
             }
             Sender::Channel { channel } => Ok(channel.send(sock)?),
+            Sender::CApi { pipe, pid } => {
+                pipe.write_all(&c_api::duplicate(sock, *pid)?)?;
+                Ok(())
+            }
             Sender::Batch { pipe, pid, bytes } => {
                 let socks = [sock; BATCH];
                 let infos = sockshare::duplicate_many(&socks, *pid)?;
@@ -407,6 +422,9 @@ enum Receiver {
     Channel {
         channel: sockshare::Channel,
     },
+    CApi {
+        pipe: BufReader<File>,
+    },
 }
 
 impl Receiver {
@@ -433,11 +451,23 @@ impl Receiver {
             Variant::Channel => Receiver::Channel {
                 channel: sockshare::Channel::from(data),
             },
+            Variant::CApi => Receiver::CApi {
+                pipe: BufReader::with_capacity(1 << 16, File::from(data)),
+            },
         })
     }
 
-    /// Takes one handoff and returns the descriptor it gave this process.
-    fn receive(&mut self) -> Result<OwnedFd> {
+    /// Takes one handoff and closes the descriptor it gave this process.
+    fn receive(&mut self) -> Result<()> {
+        let fd = match self {
+            Receiver::CApi { pipe } => return c_api::create_and_close(pipe),
+            other => other.take()?,
+        };
+        drop(fd);
+        Ok(())
+    }
+
+    fn take(&mut self) -> Result<OwnedFd> {
         let mut payload = [0u8; PAYLOAD];
         match self {
             Receiver::Raw { sock } => recv_with_fd(sock.as_fd(), &mut payload),
@@ -461,7 +491,70 @@ impl Receiver {
                 Ok(session.redeem(&info)?.into_owned_fd())
             }
             Receiver::Channel { channel } => Ok(channel.recv()?.1.into_owned_fd()),
+            Receiver::CApi { .. } => Err("the C interface closes with closesocket".into()),
         }
+    }
+}
+
+/// The C interface's path, called as a C program calls libws2_32.
+mod c_api {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    use ws2_32::{
+        closesocket, WSADuplicateSocketA, WSAGetLastError, WSASocketA, WSAStartup,
+        FROM_PROTOCOL_INFO, INVALID_SOCKET, SOCKET, WSADATA, WSAPROTOCOL_INFOA,
+        WSA_FLAG_NO_HANDLE_INHERIT, WSA_FLAG_OVERLAPPED,
+    };
+
+    use super::Result;
+
+    const INFO_A: usize = std::mem::size_of::<WSAPROTOCOL_INFOA>();
+
+    fn failed(call: &str) -> Box<dyn std::error::Error> {
+        format!("{call} failed with Winsock error {}", WSAGetLastError()).into()
+    }
+
+    /// `WSAStartup(2.2)`, once per process (the process exits without `WSACleanup`).
+    pub(super) fn startup() -> Result<()> {
+        // SAFETY: WSADATA is plain data, all-zero valid; WSAStartup writes into it.
+        let mut data: WSADATA = unsafe { std::mem::zeroed() };
+        // SAFETY: `data` is a valid, writable WSADATA for the call.
+        match unsafe { WSAStartup(0x0202, &mut data) } {
+            0 => Ok(()),
+            code => Err(format!("WSAStartup failed with {code}").into()),
+        }
+    }
+
+    /// `WSADuplicateSocketA`: the 372 bytes of the info made for `pid`.
+    pub(super) fn duplicate(sock: BorrowedFd<'_>, pid: u32) -> Result<[u8; INFO_A]> {
+        // SAFETY: WSAPROTOCOL_INFOA is plain data, all-zero valid.
+        let mut info: WSAPROTOCOL_INFOA = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is writable for a WSAPROTOCOL_INFOA; `sock` is open for the call.
+        if unsafe { WSADuplicateSocketA(sock.as_raw_fd() as SOCKET, pid, &mut info) } != 0 {
+            return Err(failed("WSADuplicateSocketA"));
+        }
+        // SAFETY: WSAPROTOCOL_INFOA is INFO_A bytes of plain data without padding.
+        Ok(unsafe { std::mem::transmute::<WSAPROTOCOL_INFOA, [u8; INFO_A]>(info) })
+    }
+
+    /// Reads one info, `WSASocketA(FROM_PROTOCOL_INFO, ...)`, then `closesocket`.
+    pub(super) fn create_and_close(pipe: &mut impl Read) -> Result<()> {
+        let mut bytes = [0u8; INFO_A];
+        pipe.read_exact(&mut bytes)?;
+        // SAFETY: any INFO_A bytes are a valid WSAPROTOCOL_INFOA (plain data, no padding).
+        let info = unsafe { std::mem::transmute::<[u8; INFO_A], WSAPROTOCOL_INFOA>(bytes) };
+        let flags = WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT;
+        let (f, p) = (FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO);
+        // SAFETY: `info` is a readable, initialised WSAPROTOCOL_INFOA for the call.
+        let s = unsafe { WSASocketA(f, f, p, &info, 0, flags) };
+        if s == INVALID_SOCKET {
+            return Err(failed("WSASocketA"));
+        }
+        if closesocket(s) != 0 {
+            return Err(failed("closesocket"));
+        }
+        Ok(())
     }
 }
 
@@ -520,6 +613,11 @@ fn target(spec: &WorkerSpec) -> Result<()> {
         } else {
             Session::new()?
         }),
+        // The C program's WSAStartup starts the session its sources push to.
+        Variant::CApi => {
+            c_api::startup()?;
+            None
+        }
         _ => None,
     };
     let mut receivers = spec
@@ -548,12 +646,12 @@ fn target(spec: &WorkerSpec) -> Result<()> {
         Mode::RoundTrip => {
             let (r, mut ack) = (&mut receivers[0], &acks[0]);
             for _ in 0..spec.warmup {
-                drop(r.receive()?);
+                r.receive()?;
                 ack.write_all(&[1])?;
             }
             control.say("warmed")?;
             for _ in 0..spec.count {
-                drop(r.receive()?);
+                r.receive()?;
                 ack.write_all(&[1])?;
             }
             Ok(())
@@ -589,7 +687,7 @@ fn stream_target(
                 scope.spawn(move || -> std::result::Result<Measured, String> {
                     let mut run = || -> Result<Measured> {
                         for _ in 0..spec.warmup {
-                            drop(r.receive()?);
+                            r.receive()?;
                         }
                         warmed.wait();
                         let mut m = Measured {
@@ -598,7 +696,7 @@ fn stream_target(
                         };
                         let mut mark = 0;
                         for i in 0..spec.count {
-                            drop(r.receive()?);
+                            r.receive()?;
                             let t = now_ns();
                             if i == 0 {
                                 m.first = t;
