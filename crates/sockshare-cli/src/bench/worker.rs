@@ -259,18 +259,25 @@ impl Sender {
                 send_with_fd(conn.as_fd(), payload, sock)
             }
             Sender::Pipe { pipe, pid } => {
-                let info = sockshare::duplicate(sock, *pid)?;
+                let info = while_full(|| sockshare::duplicate(sock, *pid))?;
                 pipe.write_all(&info.to_bytes_w())?;
                 Ok(())
             }
             Sender::Channel { channel } => Ok(channel.send(sock)?),
             Sender::CApi { pipe, pid } => {
-                pipe.write_all(&c_api::duplicate(sock, *pid)?)?;
+                let info = loop {
+                    // WSAENOBUFS: as for `while_full`.
+                    if let Some(info) = c_api::duplicate(sock, *pid)? {
+                        break info;
+                    }
+                    std::thread::yield_now();
+                };
+                pipe.write_all(&info)?;
                 Ok(())
             }
             Sender::Batch { pipe, pid, bytes } => {
                 let socks = [sock; BATCH];
-                let infos = sockshare::duplicate_many(&socks, *pid)?;
+                let infos = while_full(|| sockshare::duplicate_many(&socks, *pid))?;
                 bytes.clear();
                 for info in &infos {
                     bytes.extend_from_slice(&info.to_bytes_w());
@@ -278,6 +285,17 @@ impl Sender {
                 pipe.write_all(bytes)?;
                 Ok(())
             }
+        }
+    }
+}
+
+/// Retries a duplicate while the target's queue is full (`WSAENOBUFS`): the target is
+/// behind, and a source that streams sockets waits for it, as a program would.
+fn while_full<T>(mut duplicate: impl FnMut() -> sockshare::Result<T>) -> sockshare::Result<T> {
+    loop {
+        match duplicate() {
+            Err(e) if e.kind() == sockshare::ErrorKind::NoBufferSpace => std::thread::yield_now(),
+            result => return result,
         }
     }
 }
@@ -503,7 +521,7 @@ mod c_api {
 
     use ws2_32::{
         closesocket, WSADuplicateSocketA, WSAGetLastError, WSASocketA, WSAStartup,
-        FROM_PROTOCOL_INFO, INVALID_SOCKET, SOCKET, WSADATA, WSAPROTOCOL_INFOA,
+        FROM_PROTOCOL_INFO, INVALID_SOCKET, SOCKET, WSADATA, WSAENOBUFS, WSAPROTOCOL_INFOA,
         WSA_FLAG_NO_HANDLE_INHERIT, WSA_FLAG_OVERLAPPED,
     };
 
@@ -526,16 +544,22 @@ mod c_api {
         }
     }
 
-    /// `WSADuplicateSocketA`: the 372 bytes of the info made for `pid`.
-    pub(super) fn duplicate(sock: BorrowedFd<'_>, pid: u32) -> Result<[u8; INFO_A]> {
+    /// `WSADuplicateSocketA`: the 372 bytes of the info made for `pid`, or `None` while
+    /// the target's queue is full (`WSAENOBUFS`).
+    pub(super) fn duplicate(sock: BorrowedFd<'_>, pid: u32) -> Result<Option<[u8; INFO_A]>> {
         // SAFETY: WSAPROTOCOL_INFOA is plain data, all-zero valid.
         let mut info: WSAPROTOCOL_INFOA = unsafe { std::mem::zeroed() };
         // SAFETY: `info` is writable for a WSAPROTOCOL_INFOA; `sock` is open for the call.
         if unsafe { WSADuplicateSocketA(sock.as_raw_fd() as SOCKET, pid, &mut info) } != 0 {
+            if WSAGetLastError() == WSAENOBUFS {
+                return Ok(None);
+            }
             return Err(failed("WSADuplicateSocketA"));
         }
         // SAFETY: WSAPROTOCOL_INFOA is INFO_A bytes of plain data without padding.
-        Ok(unsafe { std::mem::transmute::<WSAPROTOCOL_INFOA, [u8; INFO_A]>(info) })
+        Ok(Some(unsafe {
+            std::mem::transmute::<WSAPROTOCOL_INFOA, [u8; INFO_A]>(info)
+        }))
     }
 
     /// Reads one info, `WSASocketA(FROM_PROTOCOL_INFO, ...)`, then `closesocket`.
