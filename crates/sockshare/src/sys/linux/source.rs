@@ -238,10 +238,6 @@ fn connect(pid: u32) -> Result<OwnedFd> {
     set_socket_timeout(&sock, Timeout::Send, timeout)
         .and_then(|()| set_socket_timeout(&sock, Timeout::Recv, timeout))
         .map_err(|e| os_error("configuring the connection to the target", e))?;
-    // Room for about a thousand pushes in flight: a source streaming sockets to a target
-    // that redeems in bursts then rarely waits for the queue (the kernel caps the size at
-    // net.core.wmem_max; a smaller buffer only means waiting sooner).
-    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&sock, 1 << 20);
     let addr = endpoint_address(pid).map_err(|e| os_error("naming the target", e))?;
     match restarting(|| rustix::net::connect(&sock, &addr)) {
         Ok(()) => {}
