@@ -29,17 +29,6 @@ const ACTIVE: Duration = Duration::from_millis(1);
 /// Source connections one session serves at once; more get a "busy" answer.
 const MAX_CONNECTIONS: usize = 1024;
 
-/// How many pushed sockets the thread moves into the table: the capacity, but no more
-/// than half the descriptor limit, since each holds a descriptor of this process. Beyond
-/// it they wait in the kernel's queues (sources then get WSAENOBUFS), and the process's
-/// own descriptors are left free for what it does with the sockets it redeems.
-fn table_limit(options: &SessionOptions) -> usize {
-    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    nofile.map_or(options.capacity, |n| {
-        options.capacity.min((n / 2).max(1) as usize)
-    })
-}
-
 /// How many source connections the session admits now: `MAX_CONNECTIONS`, but no more
 /// than a quarter of the descriptor limit. Each connection holds a descriptor of this
 /// process; without the bound, one admitted source opening idle connections could take
@@ -520,7 +509,7 @@ impl Inner {
     ) -> (bool, bool) {
         let mut found = false;
         loop {
-            if !force && self.pending.len() >= table_limit(options) {
+            if !force && self.pending.len() >= options.capacity {
                 self.full = true;
                 return (true, found);
             }
@@ -547,7 +536,7 @@ impl Inner {
                 }
                 // A peeked record is taken whole-batch even past `until`: its copies are
                 // installed already, and putting them back costs more than keeping them.
-                if !force && self.pending.len() >= table_limit(options) {
+                if !force && self.pending.len() >= options.capacity {
                     break;
                 }
             }
