@@ -78,8 +78,6 @@ struct Inner {
     conns: Vec<Option<OwnedFd>>,
     live_conns: usize,
     pending: HashMap<u64, Pending>,
-    /// Draining stopped because `pending` reached the capacity; redeem resumes it.
-    full: bool,
     /// Draining stopped because the process is out of descriptors; the thread retries.
     out_of_fds: bool,
     /// When this process last redeemed.
@@ -282,7 +280,6 @@ impl Endpoint {
                 conns: Vec::new(),
                 live_conns: 0,
                 pending: HashMap::new(),
-                full: false,
                 out_of_fds: false,
                 last_redeem: None,
                 batch: Batch::new(batch::MAX_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false),
@@ -447,7 +444,6 @@ impl Inner {
     /// drained by the thread, which an edge of epoll woke for it.
     fn drain_all(&mut self, options: &SessionOptions, force: bool, until: Option<u64>) {
         self.out_of_fds = false;
-        self.full = false;
         for slot in 0..self.conns.len() {
             if self.drain(slot, options, force, until) {
                 return;
@@ -509,8 +505,9 @@ impl Inner {
     ) -> (bool, bool) {
         let mut found = false;
         loop {
+            // At capacity the rest stays in the kernel's queue (sources soon get
+            // WSAENOBUFS) until a redeem that needs one of its records drains it.
             if !force && self.pending.len() >= options.capacity {
-                self.full = true;
                 return (true, found);
             }
             let records = match self.batch.peek(conn, false) {
