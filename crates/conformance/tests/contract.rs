@@ -497,6 +497,61 @@ fn s11_a_full_queue_gives_wsaenobufs_and_leaks_nothing() {
     target.finish();
 }
 
+/// With the default capacity, sockets pending for one source never take the descriptors
+/// that another source's socket needs to be received: the flooding source is held back
+/// (S11) and every info, the flood's included, redeems without WSAEMFILE (S10).
+#[test]
+fn s11_the_default_capacity_leaves_descriptors_for_other_sources() {
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("nofile 256");
+    target.ok("session");
+    assert_eq!(target.ok("capacity"), "128");
+    let before = target.fds();
+    // This process floods until the session holds it back.
+    let mut flood = Vec::new();
+    let refused = loop {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match duplicate(&socket, target.pid) {
+            Ok(info) => flood.push(info),
+            Err(e) => break e,
+        }
+        assert!(flood.len() < 10_000, "the flood was never held back");
+    };
+    assert_eq!(refused.kind(), ErrorKind::NoBufferSpace, "{refused}");
+    assert!(flood.len() > 256, "only {} queued", flood.len());
+    // A socket from another source process, behind the whole flood.
+    let mut source = peer();
+    let reply = source.ok("tcp-listen 127.0.0.1:0");
+    let (slot, at) = reply.split_once(' ').unwrap();
+    let info = from_hex(&source.ok(&format!("dup {slot} {}", target.pid))).unwrap();
+    source.ok(&format!("close {slot}"));
+    let info = ProtocolInfo::from_bytes(&info).unwrap();
+    let (listener, _) = redeem_in(&mut target, &info);
+    let _client = TcpStream::connect(at).unwrap();
+    let conn = target.ok(&format!("accept {listener}"));
+    target.ok(&format!("close {conn}"));
+    target.ok(&format!("close {listener}"));
+    for info in &flood {
+        let (slot, _) = redeem_in(&mut target, info);
+        target.ok(&format!("close {slot}"));
+    }
+    assert_eq!(target.ok("pending"), "0");
+    // Once both sources let go, the session holds nothing of theirs.
+    source.finish();
+    sockshare::disconnect_all();
+    let mut now = target.fds();
+    for _ in 0..1000 {
+        if now == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        now = target.fds();
+    }
+    assert_eq!(now, before, "the target kept descriptors");
+    target.finish();
+}
+
 /// A connected pair whose client end is pending in `target` (and closed here): returns
 /// the server end, which sees EOF only when the pending reference is released.
 fn pending_connection(target: &mut Peer) -> (TcpStream, ProtocolInfo) {

@@ -54,11 +54,14 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionOptions {
     pub(crate) policy: Policy,
-    pub(crate) capacity: usize,
+    /// `None`: the default, which the backend sizes when the session starts.
+    pub(crate) capacity: Option<usize>,
 }
 
 /// How many unredeemed sockets a session holds by default before sources get
-/// `WSAENOBUFS`. Each holds one descriptor of the target process.
+/// `WSAENOBUFS`. Each holds one descriptor of the target process, so on Linux the default
+/// is also at most half the soft `RLIMIT_NOFILE` at the time the session starts: pending
+/// sockets then never take the descriptors the process needs to redeem them.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
 /// Checks that an info made for `target_pid` is redeemed by that process (`me`).
@@ -93,7 +96,7 @@ impl Default for SessionOptions {
     fn default() -> SessionOptions {
         SessionOptions {
             policy: Policy::SameUser,
-            capacity: DEFAULT_CAPACITY,
+            capacity: None,
         }
     }
 }
@@ -123,10 +126,11 @@ impl SessionBuilder {
     }
 
     /// How many unredeemed sockets the session holds before sources get `WSAENOBUFS`
-    /// (default [`DEFAULT_CAPACITY`]; at least 1). A few hundred more can wait in the
-    /// kernel's queue beyond it.
+    /// (default [`DEFAULT_CAPACITY`], bounded by the descriptor limit; at least 1). A few
+    /// hundred more can wait in the kernel's queue beyond it. A capacity set here is kept
+    /// whatever the descriptor limit: size `RLIMIT_NOFILE` for it.
     pub fn capacity(mut self, capacity: usize) -> SessionBuilder {
-        self.options.capacity = capacity.max(1);
+        self.options.capacity = Some(capacity.max(1));
         self
     }
 
@@ -193,9 +197,10 @@ impl Session {
         self.inner.pid()
     }
 
-    /// The session's capacity of unredeemed sockets.
+    /// The session's capacity of unredeemed sockets: the one set with
+    /// [`SessionBuilder::capacity`], or the default as sized when the session started.
     pub fn capacity(&self) -> usize {
-        self.inner.options().capacity
+        self.inner.capacity()
     }
 
     /// The session's policy.

@@ -124,6 +124,7 @@ impl Peer {
                 Ok(String::new())
             }
             "pending" => Ok(self.session()?.pending().to_string()),
+            "capacity" => Ok(self.session()?.capacity().to_string()),
             "fds" => Ok(count_fds().to_string()),
             "tcp-listen" | "udp-bind" | "tcp-connect" | "tcp-unbound" | "udp-unbound" => {
                 let tcp = w[0].starts_with("tcp");

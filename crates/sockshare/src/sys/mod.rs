@@ -18,7 +18,7 @@
 //!   - `redeem(&ProtocolInfo) -> Result<OwnedFd>`: the descriptor (close-on-exec), once per info;
 //!     `Invalid` for a used, foreign or altered info (no descriptor is created);
 //!     `TooManyDescriptors` when the process is out of descriptors (the info stays valid);
-//!   - `pid()`, `pending()`;
+//!   - `pid()`, `pending()`, `options()`, `capacity()` (the capacity in force);
 //!   - dropping the last handle ends the session and closes every pending socket.
 //! - `fn current_pid() -> u32`.
 //! - `fn disconnect_all()`: closes whatever a source keeps open to reach targets (the next

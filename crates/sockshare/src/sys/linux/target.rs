@@ -18,7 +18,7 @@ use super::wire::{self, Verdict};
 use super::{endpoint_address, os_error, peer_cred};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::ProtocolInfo;
-use crate::session::SessionOptions;
+use crate::session::{SessionOptions, DEFAULT_CAPACITY};
 
 /// How often a session out of descriptors retries receiving.
 const RETRY: Duration = Duration::from_millis(20);
@@ -37,6 +37,16 @@ fn connection_limit() -> usize {
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     nofile.map_or(MAX_CONNECTIONS, |n| {
         (n / 4).clamp(1, MAX_CONNECTIONS as u64) as usize
+    })
+}
+
+/// The default capacity: `DEFAULT_CAPACITY`, but no more than half the descriptor limit.
+/// A table that may fill every descriptor leaves the process none to redeem with: it
+/// would be stuck with sockets whose infos it cannot use (and the one it needs queued).
+fn default_capacity() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    nofile.map_or(DEFAULT_CAPACITY, |n| {
+        (n / 2).clamp(1, DEFAULT_CAPACITY as u64) as usize
     })
 }
 
@@ -78,6 +88,8 @@ struct Inner {
     conns: Vec<Option<OwnedFd>>,
     live_conns: usize,
     pending: HashMap<u64, Pending>,
+    /// The most sockets `pending` takes in before sources are held back.
+    capacity: usize,
     /// Draining stopped because the process is out of descriptors; the thread retries.
     out_of_fds: bool,
     /// When this process last redeemed.
@@ -137,6 +149,10 @@ impl Session {
         &self.endpoint.options
     }
 
+    pub(crate) fn capacity(&self) -> usize {
+        self.endpoint.inner.lock().capacity
+    }
+
     pub(crate) fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd> {
         let ep = &*self.endpoint;
         // The calling process, not the session's: in a forked child they differ.
@@ -152,7 +168,7 @@ impl Session {
         }
         // The socket was pushed before the info was made, so if it is genuine it is queued
         // on a connection the thread has not drained yet.
-        inner.drain_all(&ep.options, true, Some(info.token()));
+        inner.drain_all(Some(info.token()));
         if let Some(fd) = inner.take(info)? {
             return Ok(fd);
         }
@@ -267,6 +283,7 @@ impl Endpoint {
         .and_then(|()| epoll::add(&epoll, &wake, epoll::EventData::new_u64(WAKE_KEY), edge))
         .map_err(|e| not_ready("watching the session endpoint", e))?;
         let reserve = rustix::io::fcntl_dupfd_cloexec(&wake, 0).ok();
+        let capacity = options.capacity.unwrap_or_else(default_capacity);
         Ok(Endpoint {
             pid,
             options,
@@ -280,6 +297,7 @@ impl Endpoint {
                 conns: Vec::new(),
                 live_conns: 0,
                 pending: HashMap::new(),
+                capacity,
                 out_of_fds: false,
                 last_redeem: None,
                 batch: Batch::new(batch::MAX_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false),
@@ -341,10 +359,10 @@ fn serve(ep: &Endpoint) {
         // a stream of pushes does not cost a wake-up each.
         let drain = !ready.is_empty() && !inner.redeemed_recently();
         if starved {
-            inner.drain_all(&ep.options, false, None);
+            inner.drain_all(None);
         } else if drain {
             for &slot in &ready {
-                inner.drain(slot, &ep.options, false, None);
+                inner.drain(slot, None);
             }
         }
         drop(inner);
@@ -435,18 +453,32 @@ impl Inner {
             self.live_conns += 1;
             // Data may have arrived before the watch began: edge-triggered epoll would not
             // report it.
-            self.drain(slot, &ep.options, false, None);
+            self.drain(slot, None);
         }
     }
 
-    /// Drains every connection, or (with `until`) only until that token has arrived: a
-    /// redeem then makes no system call to find the queues empty. Whatever it leaves is
-    /// drained by the thread, which an edge of epoll woke for it.
-    fn drain_all(&mut self, options: &SessionOptions, force: bool, until: Option<u64>) {
+    /// Drains every connection up to capacity; or, for a redeem (`until`), takes a batch
+    /// from each connection in turn, past capacity, until that token has arrived. A
+    /// redeem's socket is near the head of its source's queue, so it is found without
+    /// filling the table with other sources' sockets, and with no system call to find the
+    /// queues empty. Whatever it leaves is drained by the thread, which an edge of epoll
+    /// woke for it.
+    fn drain_all(&mut self, until: Option<u64>) {
         self.out_of_fds = false;
-        for slot in 0..self.conns.len() {
-            if self.drain(slot, options, force, until) {
-                return;
+        loop {
+            let mut more = false;
+            for slot in 0..self.conns.len() {
+                match self.drain(slot, until) {
+                    Visit::Found => return,
+                    Visit::More => more = true,
+                    Visit::Idle => {}
+                }
+                if self.out_of_fds {
+                    break;
+                }
+            }
+            if !more || self.out_of_fds {
+                break;
             }
         }
         // Pending sockets come first: the spare is taken back only from what they leave.
@@ -468,52 +500,39 @@ impl Inner {
         self.out_of_fds || (self.reserve.is_none() && self.listener.is_some())
     }
 
-    /// Moves every socket queued on connection `slot` into the table, until the queue is
-    /// empty, the table is at capacity (unless `force`), or descriptors run out.
     /// Moves the sockets queued on connection `slot` into the table, a batch of records
-    /// per peek, until the queue is empty, the table is at capacity (unless `force`),
-    /// descriptors run out, or (with `until`) that token has arrived. Returns whether it
-    /// did.
-    fn drain(
-        &mut self,
-        slot: usize,
-        options: &SessionOptions,
-        force: bool,
-        until: Option<u64>,
-    ) -> bool {
+    /// per peek: without `until`, until the queue is empty, the table is at capacity or
+    /// descriptors run out; with it, one batch, past capacity.
+    fn drain(&mut self, slot: usize, until: Option<u64>) -> Visit {
         // Out of its slot while draining, so the table can be filled meanwhile.
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) else {
-            return false;
+            return Visit::Idle;
         };
-        let (keep, found) = self.drain_conn(conn.as_fd(), options, force, until);
+        let (keep, visit) = self.drain_conn(conn.as_fd(), until);
         if keep {
             self.conns[slot] = Some(conn);
         } else {
             self.live_conns -= 1; // dropping `conn` closes it and whatever it still queues
         }
-        found
+        visit
     }
 
-    /// `drain` on one connection: returns whether to keep the connection, and whether
-    /// `until` arrived.
-    fn drain_conn(
-        &mut self,
-        conn: BorrowedFd<'_>,
-        options: &SessionOptions,
-        force: bool,
-        until: Option<u64>,
-    ) -> (bool, bool) {
+    /// `drain` on one connection: returns whether to keep the connection, and what the
+    /// visit found.
+    fn drain_conn(&mut self, conn: BorrowedFd<'_>, until: Option<u64>) -> (bool, Visit) {
+        let forced = until.is_some();
         let mut found = false;
+        let idle = |found: bool| if found { Visit::Found } else { Visit::Idle };
         loop {
             // At capacity the rest stays in the kernel's queue (sources soon get
             // WSAENOBUFS) until a redeem that needs one of its records drains it.
-            if !force && self.pending.len() >= options.capacity {
-                return (true, found);
+            if !forced && self.pending.len() >= self.capacity {
+                return (true, Visit::Idle);
             }
             let records = match self.batch.peek(conn, false) {
-                Ok(records) if records.is_empty() => return (true, found),
+                Ok(records) if records.is_empty() => return (true, idle(found)),
                 Ok(records) => records,
-                Err(_) => return (false, found),
+                Err(_) => return (false, idle(found)),
             };
             let peeked = records.len();
             let (mut taken, mut no_room) = (0, false);
@@ -529,25 +548,28 @@ impl Inner {
                         no_room = i == 0;
                         break;
                     }
-                    Record::Broken => return (false, found),
+                    Record::Broken => return (false, idle(found)),
                 }
                 // A peeked record is taken whole-batch even past `until`: its copies are
                 // installed already, and putting them back costs more than keeping them.
-                if !force && self.pending.len() >= options.capacity {
+                if !forced && self.pending.len() >= self.capacity {
                     break;
                 }
             }
             if batch::consume(conn, taken).is_err()
                 || (taken < peeked && batch::set_peek_off(conn, 0).is_err())
             {
-                return (false, found);
+                return (false, idle(found));
             }
             if no_room {
                 self.out_of_fds = true;
-                return (true, found);
+                return (true, idle(found));
             }
             if found {
-                return (true, true);
+                return (true, Visit::Found);
+            }
+            if forced {
+                return (true, Visit::More);
             }
         }
     }
@@ -568,6 +590,17 @@ impl Inner {
         }
         found
     }
+}
+
+/// What a visit to one connection's queue found.
+enum Visit {
+    /// The token a redeem looks for arrived.
+    Found,
+    /// A redeem's one batch was taken; more may be queued.
+    More,
+    /// Nothing more to take now: the queue is empty or dropped, the table is at capacity,
+    /// or descriptors ran out.
+    Idle,
 }
 
 /// What one peeked push record turned out to be.

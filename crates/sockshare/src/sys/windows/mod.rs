@@ -267,6 +267,13 @@ impl Session {
         &self.options
     }
 
+    /// Only reported: Windows keeps no table of pending sockets.
+    pub(crate) fn capacity(&self) -> usize {
+        self.options
+            .capacity
+            .unwrap_or(crate::session::DEFAULT_CAPACITY)
+    }
+
     /// `WSASocketW(FROM_PROTOCOL_INFO, ..., WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)`
     /// after sockshare's checks of target and single use.
     pub(crate) fn redeem(&self, info: &crate::info::ProtocolInfo) -> Result<OwnedSocket> {
