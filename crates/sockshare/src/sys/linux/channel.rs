@@ -24,9 +24,9 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{
@@ -34,7 +34,7 @@ use rustix::net::{
 };
 
 use super::batch::{self, set_peek_off, Batch, Meta};
-use super::{os_error, wait_ready};
+use super::{lock, os_error, wait_ready};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind, INFO_W_SIZE};
 use crate::session::Policy;
@@ -190,7 +190,7 @@ impl Channel {
     /// Reads the peer's announcements (they come before any socket it sends) until one
     /// names the process holding the other end now.
     fn resolve_peer(&self) -> Result<u32> {
-        let mut rx = self.rx.lock();
+        let mut rx = lock(&self.rx);
         let deadline = Instant::now() + HELLO_TIMEOUT;
         loop {
             let batch = self.receive_batch(&mut rx, false, false)?;
@@ -233,7 +233,7 @@ impl Channel {
     }
 
     pub(crate) fn recv(&self) -> Result<(ProtocolInfo, OwnedFd)> {
-        let mut rx = self.rx.lock();
+        let mut rx = lock(&self.rx);
         loop {
             if let Some(item) = rx.ready.pop_front() {
                 return item;

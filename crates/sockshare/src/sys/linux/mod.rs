@@ -18,6 +18,11 @@
 //!   message queued) and consumes only once the copies are safely installed;
 //! - fork: the child must not hold the parent's pending sockets (the peer would never see
 //!   EOF) nor reuse its random tokens, so `pthread_atfork` handlers close them in the child.
+//!   The handlers lock the backend's mutexes before the fork and release them after it in
+//!   both processes. These are std's futex mutexes: releasing one in the child is one
+//!   atomic store (and at most a wake-up nobody waits for). A lock with process-wide
+//!   bookkeeping (parking_lot's table of parked threads) can be inherited mid-update from
+//!   a thread the child does not have, and the child then hangs on it.
 
 mod batch;
 mod channel;
@@ -31,7 +36,7 @@ pub(crate) use wire::fuzzing;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 use rustix::io::Errno;
 
@@ -41,6 +46,12 @@ use crate::info::SocketKind;
 pub(crate) use channel::Channel;
 pub(crate) use source::{disconnect_all, duplicate, duplicate_many, probe};
 pub(crate) use target::Session;
+
+/// Locks `m`. A panic while holding one of the backend's mutexes leaves its data as it
+/// was (every update is a single insert, remove or flag), so poisoning is ignored.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// This process's id, kept once the fork handlers are installed (the child's handler
 /// renews it), so redeem's check costs no system call.

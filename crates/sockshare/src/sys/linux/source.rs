@@ -7,10 +7,9 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{
@@ -18,7 +17,7 @@ use rustix::net::{
 };
 
 use super::wire::{self, Entry, Verdict};
-use super::{endpoint_address, os_error, peer_cred, wait_ready};
+use super::{endpoint_address, lock, os_error, peer_cred, wait_ready};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind};
 
@@ -28,7 +27,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 /// Connections to targets' sessions, by target pid.
-static LINKS: Mutex<Option<HashMap<u32, Arc<OwnedFd>>>> = Mutex::new(None);
+type Links = Option<HashMap<u32, Arc<OwnedFd>>>;
+static LINKS: Mutex<Links> = Mutex::new(None);
 
 /// Bumped in every forked child, so it draws tokens of its own, never its parent's.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -161,12 +161,12 @@ fn push(link: &OwnedFd, entries: &[Entry], fds: &[BorrowedFd<'_>]) -> Result<(),
 
 /// The connection to `pid`'s session, and whether it was made by this call.
 fn link_to(pid: u32) -> Result<(Arc<OwnedFd>, bool)> {
-    if let Some(link) = LINKS.lock().as_ref().and_then(|m| m.get(&pid)) {
+    if let Some(link) = lock(&LINKS).as_ref().and_then(|m| m.get(&pid)) {
         return Ok((link.clone(), false));
     }
     // Connect without the lock: the handshake waits for the target.
     let link = Arc::new(connect(pid)?);
-    let mut links = LINKS.lock();
+    let mut links = lock(&LINKS);
     let map = links.get_or_insert_with(HashMap::new);
     // Targets come and go: each new connection also closes those whose target has ended,
     // so a long-lived source does not collect dead ones.
@@ -198,13 +198,13 @@ pub(crate) fn probe(target_pid: u32) -> Result<()> {
 
 /// Closes every cached connection to targets' sessions.
 pub(crate) fn disconnect_all() {
-    if let Some(map) = LINKS.lock().as_mut() {
+    if let Some(map) = lock(&LINKS).as_mut() {
         map.clear();
     }
 }
 
 fn forget_link(pid: u32, link: &Arc<OwnedFd>) {
-    if let Some(map) = LINKS.lock().as_mut() {
+    if let Some(map) = lock(&LINKS).as_mut() {
         if map.get(&pid).is_some_and(|l| Arc::ptr_eq(l, link)) {
             map.remove(&pid);
         }
@@ -348,15 +348,19 @@ pub(super) fn next_token() -> Result<u64> {
     })
 }
 
+thread_local! {
+    /// LINKS's guard from `before_fork` to `after_fork`, which run in the forking thread.
+    static HELD: RefCell<Option<MutexGuard<'static, Links>>> = const { RefCell::new(None) };
+}
+
 pub(super) fn before_fork() {
-    std::mem::forget(LINKS.lock());
+    let guard = lock(&LINKS);
+    HELD.with(|h| *h.borrow_mut() = Some(guard));
 }
 
 pub(super) fn after_fork(child: bool) {
     if child {
         FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
     }
-    // SAFETY: `before_fork` locked LINKS in this thread and forgot the guard; in the child
-    // this thread is the only one, and it is the one that holds the lock.
-    unsafe { LINKS.force_unlock() };
+    drop(HELD.with(|h| h.borrow_mut().take()));
 }

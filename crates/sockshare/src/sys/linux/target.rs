@@ -1,21 +1,21 @@
 //! The target side: the session endpoint, its serving thread, and the table of pending
 //! sockets.
 
+use std::cell::RefCell;
 use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 
 use super::batch::{self, Batch, Meta};
 use super::wire::{self, Verdict};
-use super::{endpoint_address, os_error, peer_cred};
+use super::{endpoint_address, lock, os_error, peer_cred};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::ProtocolInfo;
 use crate::session::{SessionOptions, DEFAULT_CAPACITY};
@@ -113,7 +113,7 @@ impl Session {
     /// runs (or starts one with the defaults); `Some` must match a running session's.
     pub(crate) fn start(options: Option<&SessionOptions>) -> Result<Session> {
         super::install_fork_handlers();
-        let mut reg = REGISTRY.lock();
+        let mut reg = lock(&REGISTRY);
         if let Some(ep) = reg.endpoint.clone() {
             ep.options.check_join(options)?;
             reg.refs += 1;
@@ -142,7 +142,7 @@ impl Session {
     }
 
     pub(crate) fn pending(&self) -> usize {
-        self.endpoint.inner.lock().pending.len()
+        lock(&self.endpoint.inner).pending.len()
     }
 
     pub(crate) fn options(&self) -> &SessionOptions {
@@ -150,7 +150,7 @@ impl Session {
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.endpoint.inner.lock().capacity
+        lock(&self.endpoint.inner).capacity
     }
 
     pub(crate) fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd> {
@@ -158,7 +158,7 @@ impl Session {
         // The calling process, not the session's: in a forked child they differ.
         let me = super::current_pid();
         crate::session::check_made_for(info.target_pid(), me)?;
-        let mut inner = ep.inner.lock();
+        let mut inner = lock(&ep.inner);
         if inner.closed {
             return Err(not_initialised());
         }
@@ -189,7 +189,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let mut reg = REGISTRY.lock();
+        let mut reg = lock(&REGISTRY);
         // A handle the forked child inherited belongs to no live session here.
         if !reg
             .endpoint
@@ -212,7 +212,7 @@ impl Drop for Session {
         if let Some(t) = thread {
             let _ = t.join();
         }
-        let mut inner = ep.inner.lock();
+        let mut inner = lock(&ep.inner);
         inner.closed = true;
         inner.listener = None;
         inner.reserve = None;
@@ -312,7 +312,7 @@ fn serve(ep: &Endpoint) {
     // Connections with data this thread has not drained yet.
     let mut ready: Vec<usize> = Vec::with_capacity(64);
     loop {
-        let starved = ep.inner.lock().starved();
+        let starved = lock(&ep.inner).starved();
         let timeout = if starved {
             Some(RETRY)
         } else if !ready.is_empty() {
@@ -349,7 +349,7 @@ fn serve(ep: &Endpoint) {
                 }
             }
         }
-        let mut inner = ep.inner.lock();
+        let mut inner = lock(&ep.inner);
         if accept {
             inner.accept_all(ep);
         }
@@ -630,23 +630,39 @@ fn push_record(bytes: &[u8], meta: Meta) -> Record {
     Record::Sockets(entries.into_iter().zip(meta.fds).collect())
 }
 
+/// The guards `before_fork` takes, held until `after_fork` (both run in the forking
+/// thread). Fields drop in order: `inner` borrows from the endpoint that `registry` keeps.
+struct Held {
+    inner: Option<MutexGuard<'static, Inner>>,
+    registry: MutexGuard<'static, Registry>,
+}
+
+thread_local! {
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
 pub(super) fn before_fork() {
-    let reg = REGISTRY.lock();
-    if let Some(ep) = &reg.endpoint {
-        std::mem::forget(ep.inner.lock());
-    }
-    std::mem::forget(reg);
+    let registry = lock(&REGISTRY);
+    let inner = registry.endpoint.as_ref().map(|ep| {
+        let guard = lock(&ep.inner);
+        // SAFETY: the guard borrows the endpoint that the locked registry holds. The
+        // registry cannot let it go while locked, and `Held` drops this guard before the
+        // registry's guard; the 'static lifetime never outlives that.
+        unsafe { std::mem::transmute::<MutexGuard<'_, Inner>, MutexGuard<'static, Inner>>(guard) }
+    });
+    HELD.with(|h| *h.borrow_mut() = Some(Held { inner, registry }));
 }
 
 pub(super) fn after_fork(child: bool) {
-    // SAFETY: `before_fork` locked REGISTRY (and the endpoint's `inner`) in this thread and
-    // forgot the guards, so this thread has exclusive access until it unlocks them below;
-    // in the child it is the only thread.
-    let reg = unsafe { &mut *REGISTRY.data_ptr() };
-    if let Some(ep) = &reg.endpoint {
-        if child {
-            // SAFETY: as above, `inner` is locked by this thread.
-            let inner = unsafe { &mut *ep.inner.data_ptr() };
+    let Some(Held {
+        mut inner,
+        mut registry,
+    }) = HELD.with(|h| h.borrow_mut().take())
+    else {
+        return;
+    };
+    if child {
+        if let (Some(inner), Some(ep)) = (inner.as_mut(), registry.endpoint.as_ref()) {
             inner.abandon();
             for fd in [&ep.epoll, &ep.wake] {
                 // SAFETY: closing a descriptor the child inherited; the endpoint is leaked
@@ -654,18 +670,17 @@ pub(super) fn after_fork(child: bool) {
                 unsafe { libc::close(fd.as_raw_fd()) };
             }
         }
-        // SAFETY: locked by this thread in `before_fork`.
-        unsafe { ep.inner.force_unlock() };
     }
+    // Before the registry's guard: it borrows the endpoint the registry keeps.
+    drop(inner);
     if child {
         // The session belongs to the parent: leak the child's copy (its descriptors are
         // closed above, and the leak keeps them from being closed twice), thread included.
-        std::mem::forget(reg.endpoint.take());
-        std::mem::forget(reg.thread.take());
-        reg.refs = 0;
+        std::mem::forget(registry.endpoint.take());
+        std::mem::forget(registry.thread.take());
+        registry.refs = 0;
     }
-    // SAFETY: locked by this thread in `before_fork`.
-    unsafe { REGISTRY.force_unlock() };
+    drop(registry);
 }
 
 impl Inner {
