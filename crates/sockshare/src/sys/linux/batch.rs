@@ -187,9 +187,19 @@ unsafe fn read_meta(m: &libc::mmsghdr) -> Meta {
     meta
 }
 
-/// Consumes `count` records from the head of the queue without taking their descriptors
-/// (the kernel drops its references; the peeked copies are what the caller keeps).
-pub(super) fn consume(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
+/// Ends a batch of `peeked` records: consumes the first `taken` from the head of the
+/// queue without taking their descriptors (the kernel drops its references; the peeked
+/// copies are what the caller keeps), and, when some peeked records stay queued, moves
+/// the peek offset back to the head, since it has stepped past them.
+pub(super) fn consume(fd: BorrowedFd<'_>, taken: usize, peeked: usize) -> Result<(), Errno> {
+    consume_records(fd, taken)?;
+    if taken < peeked {
+        set_peek_off(fd, 0)?;
+    }
+    Ok(())
+}
+
+fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
     // SAFETY: mmsghdr is plain data; all-zero is a valid empty header (no iov, no
     // control), so each record is consumed whole (seqpacket) and truncated to nothing.
     let mut msgs: [libc::mmsghdr; MAX_RECORDS] = unsafe { std::mem::zeroed() };

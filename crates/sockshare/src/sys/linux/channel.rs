@@ -283,13 +283,8 @@ impl Channel {
             }
             consume += 1;
         }
-        batch::consume(self.fd.as_fd(), consume)
+        batch::consume(self.fd.as_fd(), consume, peeked)
             .map_err(|e| disconnected("consuming records from the channel", e))?;
-        if consume < peeked {
-            // The peek offset moved past records that stay queued: start over at the head.
-            set_peek_off(self.fd.as_fd(), 0)
-                .map_err(|e| os_error("setting the channel's peek offset", e))?;
-        }
         Ok(out)
     }
 }

@@ -354,10 +354,12 @@ fn serve(ep: &Endpoint) {
             inner.accept_all(ep);
         }
         // While this process redeems, its redeems drain inline on a miss: the thread
-        // stays out of their way (it would take a core from them) and looks again once
-        // they pause. Otherwise it drains, then lets the next pushes gather a while, so
-        // a stream of pushes does not cost a wake-up each.
-        let drain = !ready.is_empty() && !inner.redeemed_recently();
+        // stays out of their way (it would take a core and the table's lock from them)
+        // and looks again once they pause. Otherwise it drains, then lets the next pushes
+        // gather a while. Either way it then sleeps: every push is a new edge of epoll,
+        // and waking for each would cost a wake-up and a turn at the lock per push.
+        let deferred = !ready.is_empty() && inner.redeemed_recently();
+        let drain = !ready.is_empty() && !deferred;
         if starved {
             inner.drain_all(None);
         } else if drain {
@@ -371,6 +373,8 @@ fn serve(ep: &Endpoint) {
         }
         if drain {
             std::thread::sleep(COALESCE);
+        } else if deferred {
+            std::thread::sleep(ACTIVE);
         }
     }
 }
@@ -556,9 +560,7 @@ impl Inner {
                     break;
                 }
             }
-            if batch::consume(conn, taken).is_err()
-                || (taken < peeked && batch::set_peek_off(conn, 0).is_err())
-            {
+            if batch::consume(conn, taken, peeked).is_err() {
                 return (false, idle(found));
             }
             if no_room {
