@@ -552,6 +552,54 @@ fn s11_the_default_capacity_leaves_descriptors_for_other_sources() {
     target.finish();
 }
 
+/// Thousands of pending sockets, more than the session keeps in its table of recent
+/// arrivals, each redeem as itself in any order, and once.
+#[test]
+fn s6_each_of_thousands_pending_redeems_as_itself_in_any_order() {
+    const N: usize = 3000;
+    let _scene = Scene::new();
+    let mut target = peer();
+    target.ok("nofile 8192");
+    target.ok("session capacity=4000");
+    let mut pushed = Vec::with_capacity(N);
+    for _ in 0..N {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let info = duplicate(&socket, target.pid).unwrap();
+        pushed.push((info, socket.local_addr().unwrap()));
+    }
+    wait_pending(&mut target, N);
+    // Oldest last, newest first, and the middle from both ends at once.
+    let mut order: Vec<usize> = (N / 2..N).rev().collect();
+    let (mut lo, mut hi) = (0, N / 2 - 1);
+    while lo <= hi {
+        order.push(hi);
+        if lo != hi {
+            order.push(lo);
+        }
+        lo += 1;
+        hi -= 1;
+    }
+    order.rotate_left(N / 3);
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let to = receiver.local_addr().unwrap();
+    let mut buf = [0u8; 16];
+    for &i in &order {
+        let (info, addr) = &pushed[i];
+        let (slot, _) = redeem_in(&mut target, info);
+        target.ok(&format!("sendto {slot} {to} {i}"));
+        let (n, from) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!((from, &buf[..n]), (*addr, i.to_string().as_bytes()));
+        target.ok(&format!("close {slot}"));
+        target.fails_with(&format!("redeem {}", hex_w(info)), "WSAEINVAL");
+    }
+    assert_eq!(order.len(), N);
+    assert_eq!(target.ok("pending"), "0");
+    target.finish();
+}
+
 /// A connected pair whose client end is pending in `target` (and closed here): returns
 /// the server end, which sees EOF only when the pending reference is released.
 fn pending_connection(target: &mut Peer) -> (TcpStream, ProtocolInfo) {

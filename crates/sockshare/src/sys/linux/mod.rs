@@ -26,6 +26,7 @@
 
 mod batch;
 mod channel;
+mod pending;
 mod source;
 mod target;
 mod wire;

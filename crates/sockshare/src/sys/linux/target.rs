@@ -2,7 +2,6 @@
 //! sockets.
 
 use std::cell::RefCell;
-use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +13,7 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 
 use super::batch::{self, Batch, Meta};
+use super::pending::{Altered, Table};
 use super::wire::{self, Verdict};
 use super::{endpoint_address, lock, os_error, peer_cred};
 use crate::error::{Error, ErrorKind, Result};
@@ -87,7 +87,7 @@ struct Inner {
     /// Source connections; the slot index plus `CONN_BASE` is the epoll key.
     conns: Vec<Option<OwnedFd>>,
     live_conns: usize,
-    pending: HashMap<u64, Pending>,
+    pending: Table<OwnedFd>,
     /// The most sockets `pending` takes in before sources are held back.
     capacity: usize,
     /// Draining stopped because the process is out of descriptors; the thread retries.
@@ -96,11 +96,6 @@ struct Inner {
     last_redeem: Option<Instant>,
     /// Buffers for receiving pushes, many records per system call.
     batch: Batch,
-}
-
-struct Pending {
-    fd: OwnedFd,
-    tag: u32,
 }
 
 /// A handle on this process's session.
@@ -296,7 +291,7 @@ impl Endpoint {
                 reserve,
                 conns: Vec::new(),
                 live_conns: 0,
-                pending: HashMap::new(),
+                pending: Table::new(),
                 capacity,
                 out_of_fds: false,
                 last_redeem: None,
@@ -381,18 +376,15 @@ fn serve(ep: &Endpoint) {
 
 impl Inner {
     fn take(&mut self, info: &ProtocolInfo) -> Result<Option<OwnedFd>> {
-        match self.pending.entry(info.token()) {
-            MapEntry::Occupied(e) if e.get().tag == info.tag() => {
-                let fd = e.remove().fd;
-                Ok(Some(fd))
-            }
-            MapEntry::Occupied(_) => Err(Error::new(
-                ErrorKind::Invalid,
-                "this protocol info was altered after duplicate (its fields do not match \
+        self.pending
+            .take(info.token(), info.tag())
+            .map_err(|Altered| {
+                Error::new(
+                    ErrorKind::Invalid,
+                    "this protocol info was altered after duplicate (its fields do not match \
                  the ones the source sent)",
-            )),
-            MapEntry::Vacant(_) => Ok(None),
-        }
+                )
+            })
     }
 
     fn accept_all(&mut self, ep: &Endpoint) {
@@ -581,14 +573,8 @@ impl Inner {
         let mut found = false;
         for (entry, fd) in sockets {
             found |= Some(entry.token) == until;
-            match self.pending.entry(entry.token) {
-                MapEntry::Vacant(v) => {
-                    v.insert(Pending { fd, tag: entry.tag });
-                }
-                // A source reusing a live token breaks the protocol; the older socket
-                // stays, the newer one is closed.
-                MapEntry::Occupied(_) => drop(fd),
-            }
+            // A socket whose token is live already is closed here (see `Table::insert`).
+            drop(self.pending.insert(entry.token, entry.tag, fd));
         }
         found
     }
@@ -695,7 +681,7 @@ impl Inner {
             .iter()
             .chain(self.reserve.iter())
             .chain(self.conns.iter().flatten())
-            .chain(self.pending.values().map(|p| &p.fd));
+            .chain(self.pending.values());
         for fd in fds {
             // SAFETY: the descriptor was inherited from the parent; the endpoint holding
             // the OwnedFd is leaked by `after_fork`, so it is never closed again.
