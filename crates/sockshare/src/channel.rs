@@ -59,9 +59,9 @@ impl Channel {
     /// Fails with `WSAENETDOWN` when the other end is closed, `WSAENOTSOCK` when `fd` is
     /// not a socket.
     pub fn adopt(fd: OwnedFd) -> Result<Channel> {
-        Ok(Channel {
-            inner: sys::Channel::adopt(fd, true)?,
-        })
+        let (inner, set_up) = sys::Channel::adopt(fd);
+        set_up?;
+        Ok(Channel { inner })
     }
 
     /// Sends a descriptor for `socket`, with the info made for the process holding the
@@ -110,7 +110,7 @@ impl AsFd for Channel {
 impl From<OwnedFd> for Channel {
     fn from(fd: OwnedFd) -> Channel {
         Channel {
-            inner: sys::Channel::adopt(fd, false).unwrap_or_else(|_| unreachable!()),
+            inner: sys::Channel::adopt(fd).0,
         }
     }
 }

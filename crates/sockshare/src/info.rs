@@ -384,9 +384,7 @@ pub use crate::sys::ProtocolInfo;
 impl ProtocolInfo {
     /// A fresh info for a socket of `kind` shared with `target_pid` under `token`.
     pub(crate) fn for_share(kind: SocketKind, target_pid: u32, token: u64) -> ProtocolInfo {
-        let mut info = ProtocolInfo::unsigned(kind, target_pid, token);
-        info.tag = info.compute_tag();
-        info
+        ProtocolInfo::for_share_w(kind, target_pid, token).0
     }
 
     /// [`for_share`](Self::for_share) and its W form, serialised once (the handoff path
@@ -397,8 +395,8 @@ impl ProtocolInfo {
         token: u64,
     ) -> (ProtocolInfo, [u8; INFO_W_SIZE]) {
         let mut info = ProtocolInfo::unsigned(kind, target_pid, token);
-        let mut w = info.to_bytes_w(); // the tag is 0 here, as the CRC wants it
-        info.tag = crc32fast::hash(&w);
+        let mut w = info.to_bytes_w();
+        info.tag = tag_of(w);
         put(&mut w, offset::PROVIDER_RESERVED, info.tag);
         (info, w)
     }
@@ -494,12 +492,7 @@ impl ProtocolInfo {
         // vector code, where the byte-at-a-time loop cost more than the CRC itself.
         let fast = bytes.len() == INFO_W_SIZE
             && bytes[name_end..].iter().fold(0, |acc, &b| acc | b) == 0
-            && {
-                let mut w = [0u8; INFO_W_SIZE];
-                w.copy_from_slice(bytes);
-                w[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
-                crc32fast::hash(&w) == info.tag
-            };
+            && bytes.try_into().is_ok_and(|w| tag_of(w) == info.tag);
         if !fast && info.compute_tag() != info.tag {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
@@ -563,9 +556,7 @@ impl ProtocolInfo {
 
     /// CRC-32 over the W form with the tag zeroed: the A and W forms of one info share it.
     fn compute_tag(&self) -> u32 {
-        let mut canonical = self.to_bytes_w();
-        canonical[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
-        crc32fast::hash(&canonical)
+        tag_of(self.to_bytes_w())
     }
 
     /// The process the info was made for (`dwServiceFlags2`).
@@ -642,6 +633,13 @@ impl ProtocolInfo {
     pub(crate) fn tag(&self) -> u32 {
         self.tag
     }
+}
+
+/// The integrity tag of a W form: its CRC-32 with the tag's own field zeroed.
+#[cfg(not(windows))]
+fn tag_of(mut w: [u8; INFO_W_SIZE]) -> u32 {
+    w[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
+    crc32fast::hash(&w)
 }
 
 pub(crate) fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {

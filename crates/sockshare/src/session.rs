@@ -265,9 +265,7 @@ impl std::fmt::Debug for Session {
 /// # Ok(()) }
 /// ```
 pub fn duplicate(socket: impl AsSock, target_pid: u32) -> Result<ProtocolInfo> {
-    let fd = os::borrow(&socket);
-    let kind = sys::socket_kind(fd)?;
-    sys::duplicate(fd, kind, target_pid)
+    sys::duplicate(os::borrow(&socket), target_pid)
 }
 
 /// [`duplicate`] for many sockets at once: the infos come back in the order of `sockets`.

@@ -57,6 +57,8 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// A peer process: this binary running one role.
 struct Peer {
+    /// The peer's process id (a target's as its session reports it).
+    pid: u32,
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -93,16 +95,17 @@ impl Peer {
             }
         });
         Peer {
+            pid: child.id(),
             stdin: child.stdin.take(),
             child,
             lines,
         }
     }
 
-    fn target() -> (Peer, u32) {
+    fn target() -> Peer {
         let mut p = Peer::start("role_target", &[]);
-        let pid = p.expect("pid").parse().unwrap();
-        (p, pid)
+        p.pid = p.expect("pid").parse().unwrap();
+        p
     }
 
     fn send(&mut self, line: &str) {
@@ -137,6 +140,21 @@ impl Peer {
         } else {
             panic!("unexpected answer {line:?}")
         }
+    }
+
+    /// Duplicates `socket` for this peer and has it redeem the info in the form `form`
+    /// gives (`ProtocolInfo::to_bytes_w` or `to_bytes_a`), which must succeed; returns the
+    /// info and the peer's slot. A socket given by value is closed between the two, so the
+    /// peer's reference is the only one left when it redeems.
+    fn share<B: AsRef<[u8]>>(
+        &mut self,
+        socket: impl AsSocket,
+        form: impl FnOnce(&ProtocolInfo) -> B,
+    ) -> (ProtocolInfo, usize) {
+        let info = sockshare::duplicate(&socket, self.pid).unwrap();
+        drop(socket);
+        let slot = self.redeem(form(&info).as_ref()).unwrap();
+        (info, slot)
     }
 
     fn finish(mut self) {
@@ -289,17 +307,15 @@ fn read_all(mut s: &TcpStream) -> String {
 /// S1: TCP and UDP, IPv4 and IPv6, listening, connected and unbound sockets.
 #[test]
 fn s1_tcp_udp_ipv4_ipv6_listening_connected_unbound() {
-    let (mut t, pid) = Peer::target();
+    let mut t = Peer::target();
     for addr in ["127.0.0.1:0", "[::1]:0"] {
         let addr: SocketAddr = addr.parse().unwrap();
-        // A listener: the target accepts and answers.
+        // A listener, closed here before the target redeems: the target accepts and answers.
         let l = TcpListener::bind(addr).unwrap();
         let at = l.local_addr().unwrap();
-        let info = sockshare::duplicate(&l, pid).unwrap();
+        let (info, slot) = t.share(l, ProtocolInfo::to_bytes_w);
         assert!(info.kind().is_tcp());
-        assert_eq!(info.target_pid(), pid);
-        drop(l);
-        let slot = t.redeem(&info.to_bytes_w()).unwrap();
+        assert_eq!(info.target_pid(), t.pid);
         let client = TcpStream::connect(at).unwrap();
         t.send(&format!("accept_write {slot} listener"));
         t.expect("done");
@@ -308,9 +324,8 @@ fn s1_tcp_udp_ipv4_ipv6_listening_connected_unbound() {
         // UDP, in the A form for once.
         let u = UdpSocket::bind(addr).unwrap();
         let at = u.local_addr().unwrap();
-        let info = sockshare::duplicate(&u, pid).unwrap();
+        let (info, slot) = t.share(&u, ProtocolInfo::to_bytes_a);
         assert!(info.kind().is_udp());
-        let slot = t.redeem(&info.to_bytes_a()).unwrap();
         drop(u);
         UdpSocket::bind(addr)
             .unwrap()
@@ -319,11 +334,9 @@ fn s1_tcp_udp_ipv4_ipv6_listening_connected_unbound() {
         t.send(&format!("recv {slot}"));
         assert_eq!(t.expect("got"), "datagram");
     }
-    // Connected: the target writes on the server side of a connection.
+    // Connected: the target writes on the server side of a connection (closed here first).
     let (client, server) = tcp_pair();
-    let info = sockshare::duplicate(&server, pid).unwrap();
-    drop(server);
-    let slot = t.redeem(&info.to_bytes_w()).unwrap();
+    let (_, slot) = t.share(server, ProtocolInfo::to_bytes_w);
     t.send(&format!("write {slot} connected"));
     t.expect("done");
     t.send(&format!("close {slot}"));
@@ -332,9 +345,8 @@ fn s1_tcp_udp_ipv4_ipv6_listening_connected_unbound() {
     // Unbound TCP and UDP sockets.
     for ty in [Type::STREAM, Type::DGRAM] {
         let s = Socket::new(Domain::IPV4, ty, None).unwrap();
-        let info = sockshare::duplicate(&s, pid).unwrap();
+        let (info, _) = t.share(&s, ProtocolInfo::to_bytes_w);
         assert_eq!(info.socket_type(), i32::from(ty));
-        t.redeem(&info.to_bytes_w()).unwrap();
     }
     t.finish();
 }
@@ -350,10 +362,9 @@ fn s1_unix_domain() {
         }
         Err(e) => panic!("AF_UNIX socket: {e}"),
     };
-    let (mut t, pid) = Peer::target();
-    let info = sockshare::duplicate(&s, pid).unwrap();
+    let mut t = Peer::target();
+    let (info, _) = t.share(&s, ProtocolInfo::to_bytes_w);
     assert!(info.kind().is_unix());
-    t.redeem(&info.to_bytes_w()).unwrap();
     t.finish();
 }
 
@@ -394,12 +405,12 @@ fn s3_no_such_process() {
 /// no handle is created. sockshare enforces all of them, so this passes under Wine too.
 #[test]
 fn s6_second_use_other_process_damaged() {
-    let (mut a, pid_a) = Peer::target();
-    let (mut b, _) = Peer::target();
+    let mut a = Peer::target();
+    let mut b = Peer::target();
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
 
     // Another process (b) presents a's info: refused, nothing created; a can still use it.
-    let info = sockshare::duplicate(&s, pid_a).unwrap().to_bytes_w();
+    let info = sockshare::duplicate(&s, a.pid).unwrap().to_bytes_w();
     assert_eq!(b.redeem(&info), Err(10022));
     b.finish();
     // Damaged: every refusal creates no handle (the count after the code is the delta).
@@ -478,25 +489,20 @@ fn s7_source_exits_right_after_duplicate() {
     assert!(status.success());
     let info = ProtocolInfo::from_bytes(&unhex(info)).unwrap();
     let listener = TcpListener::try_from(session.redeem(&info).unwrap()).unwrap();
-    let mut client = TcpStream::connect(addr).unwrap();
+    let client = TcpStream::connect(addr).unwrap();
     let (mut served, _) = listener.accept().unwrap();
     served.write_all(b"alive").unwrap();
     drop(served);
-    let mut got = String::new();
-    client.set_read_timeout(Some(TIMEOUT)).unwrap();
-    client.read_to_string(&mut got).unwrap();
-    assert_eq!(got, "alive");
+    assert_eq!(read_all(&client), "alive");
 }
 
 /// S8: options set through one handle are seen through the other, both ways; nonblocking
 /// mode is shared.
 #[test]
 fn s8_options_and_nonblocking_are_shared() {
-    let (mut t, pid) = Peer::target();
+    let mut t = Peer::target();
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let slot = t
-        .redeem(&sockshare::duplicate(&u, pid).unwrap().to_bytes_w())
-        .unwrap();
+    let (_, slot) = t.share(&u, ProtocolInfo::to_bytes_w);
     t.send(&format!("setttl {slot} 77"));
     t.expect("done");
     assert_eq!(u.ttl().unwrap(), 77);
@@ -519,11 +525,9 @@ fn s8_options_and_nonblocking_are_shared() {
 /// S9: closing one handle leaves the other working; the last close ends the socket.
 #[test]
 fn s9_close_one_then_the_last() {
-    let (mut t, pid) = Peer::target();
+    let mut t = Peer::target();
     let (client, server) = tcp_pair();
-    let slot = t
-        .redeem(&sockshare::duplicate(&server, pid).unwrap().to_bytes_w())
-        .unwrap();
+    let (_, slot) = t.share(&server, ProtocolInfo::to_bytes_w);
     t.send(&format!("write {slot} a"));
     t.expect("done");
     t.send(&format!("close {slot}"));
@@ -540,9 +544,9 @@ fn s9_close_one_then_the_last() {
 /// duplicated handle with the process).
 #[test]
 fn s12_target_exit_releases_pending_socket() {
-    let (t, pid) = Peer::target();
+    let t = Peer::target();
     let (client, server) = tcp_pair();
-    let _info = sockshare::duplicate(&server, pid).unwrap();
+    let _info = sockshare::duplicate(&server, t.pid).unwrap();
     drop(server);
     t.finish();
     // The only handle left was the target's: its exit ends the connection.
@@ -553,11 +557,9 @@ fn s12_target_exit_releases_pending_socket() {
 /// IOCP: tokio drives it).
 #[test]
 fn s14_not_inheritable_and_overlapped() {
-    let (mut t, pid) = Peer::target();
+    let mut t = Peer::target();
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let slot = t
-        .redeem(&sockshare::duplicate(&u, pid).unwrap().to_bytes_w())
-        .unwrap();
+    let (_, slot) = t.share(&u, ProtocolInfo::to_bytes_w);
     t.send(&format!("inherit {slot}"));
     assert_eq!(t.expect("flags"), "0");
     t.finish();

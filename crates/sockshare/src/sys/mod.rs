@@ -6,7 +6,9 @@
 //!
 //! - `fn socket_kind(fd) -> Result<SocketKind>`: family, type and protocol of an open socket;
 //!   `ErrorKind::NotSocket` for anything else (a file, a closed descriptor).
-//! - `fn duplicate(fd, kind, target_pid) -> Result<ProtocolInfo>`: when it returns `Ok`, the
+//! - `fn duplicate(fd, target_pid) -> Result<ProtocolInfo>`: `NotSocket` first, as
+//!   `socket_kind` (the backend reads the kind itself: Windows' `WSADuplicateSocketW`
+//!   does, and a second look would cost the handoff a system call); when it returns `Ok`, the
 //!   target's session holds its own reference to the socket (the caller may close `fd` or exit
 //!   at once), and the returned info names that reference, for that process only, once.
 //!   `Invalid` when the process does not exist, has no session, or its policy refuses the
@@ -14,7 +16,8 @@
 //!   error nothing reached the target: the caller still owns its socket.
 //! - `struct Session`: a handle on this process's sharing session, refcounted like
 //!   `WSAStartup`/`WSACleanup`:
-//!   - `Session::start(&SessionOptions) -> Result<Session>`, `Session::join() -> Result<Session>`;
+//!   - `Session::start(Option<&SessionOptions>) -> Result<Session>`: starts this process's
+//!     session, or joins the running one (`None`: whatever runs; `Some` must match it);
 //!   - `redeem(&ProtocolInfo) -> Result<OwnedFd>`: the descriptor (close-on-exec), once per info;
 //!     `Invalid` for a used, foreign or altered info (no descriptor is created);
 //!     `TooManyDescriptors` when the process is out of descriptors (the info stays valid);
@@ -28,8 +31,9 @@
 //!   all-or-nothing, and on an error the infos of earlier messages are not returned (their
 //!   sockets stay pending until the target's session ends).
 //! - `struct Channel`: one end of a connected pair that carries a socket and the info made
-//!   for the process holding the other end in one message: `pair()`, `adopt(OwnedFd)`
-//!   (this process now holds the end), `into_fd()`, `as_fd()`, `send(fd, kind)`,
+//!   for the process holding the other end in one message: `pair()`,
+//!   `adopt(OwnedFd) -> (Channel, Result<()>)` (this process now holds the end; the
+//!   channel comes back even when taking it up failed, with that failure), `into_fd()`, `as_fd()`, `send(fd, kind)`,
 //!   `recv() -> (ProtocolInfo, OwnedFd)`; `recv` checks the sender against the default
 //!   policy and that the info names this process (`Invalid`), and never loses a socket
 //!   to a full descriptor table (`TooManyDescriptors`, the socket stays queued).

@@ -107,22 +107,23 @@ impl Channel {
         for end in [&a, &b] {
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(end, 1 << 20);
         }
-        Ok((Channel::adopt(a, true)?, Channel::adopt(b, true)?))
+        let (a, a_set_up) = Channel::adopt(a);
+        let (b, b_set_up) = Channel::adopt(b);
+        a_set_up.and(b_set_up)?;
+        Ok((a, b))
     }
 
     /// Takes an end (made by `pair` here or in another process) and announces this
-    /// process as its holder. Unless `strict`, a failure is left for the first `send` or
-    /// `recv` to report (a closed peer, a descriptor that is no socket).
-    pub(crate) fn adopt(fd: OwnedFd, strict: bool) -> Result<Channel> {
+    /// process as its holder. The channel comes back whatever happens; so does the first
+    /// failure (a closed peer, a descriptor that is no socket), which callers that do not
+    /// report it at once leave for the first `send` or `recv` to meet.
+    pub(crate) fn adopt(fd: OwnedFd) -> (Channel, Result<()>) {
         let set_up = rustix::net::sockopt::set_socket_passcred(&fd, true)
             .map_err(|e| os_error("asking for the peer's credentials", e))
             .and_then(|()| {
                 set_peek_off(fd.as_fd(), 0)
                     .map_err(|e| os_error("setting the channel's peek offset", e))
             });
-        if strict {
-            set_up?;
-        }
         let channel = Channel {
             fd,
             peer: AtomicU32::new(0),
@@ -132,10 +133,7 @@ impl Channel {
             }),
         };
         let announced = channel.announce(HELLO);
-        if strict {
-            announced?;
-        }
-        Ok(channel)
+        (channel, set_up.and(announced))
     }
 
     /// Gives the end away (to hand it to another process): the peer waits for its next

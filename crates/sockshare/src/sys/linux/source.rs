@@ -33,14 +33,13 @@ static LINKS: Mutex<Links> = Mutex::new(None);
 /// Bumped in every forked child, so it draws tokens of its own, never its parent's.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn duplicate(
-    fd: BorrowedFd<'_>,
-    kind: SocketKind,
-    target_pid: u32,
-) -> Result<ProtocolInfo> {
-    let mut info = None;
-    push_chunk(&[fd], &[kind], target_pid, &mut |i| info = Some(i))?;
-    info.ok_or_else(|| Error::new(ErrorKind::NetDown, "the push produced no info"))
+pub(crate) fn duplicate(fd: BorrowedFd<'_>, target_pid: u32) -> Result<ProtocolInfo> {
+    let kind = super::socket_kind(fd)?;
+    let mut infos = Vec::with_capacity(1);
+    push_chunk(&[fd], &[kind], target_pid, &mut infos)?;
+    infos
+        .pop()
+        .ok_or_else(|| Error::new(ErrorKind::NetDown, "the push produced no info"))
 }
 
 /// Duplicates many sockets for one target: one push record (one `sendmsg`) per
@@ -52,32 +51,26 @@ pub(crate) fn duplicate_many(
 ) -> Result<Vec<ProtocolInfo>> {
     let mut infos = Vec::with_capacity(fds.len());
     for (fds, kinds) in fds.chunks(wire::MAX_FDS).zip(kinds.chunks(wire::MAX_FDS)) {
-        push_chunk(fds, kinds, target_pid, &mut |i| infos.push(i))?;
+        push_chunk(fds, kinds, target_pid, &mut infos)?;
     }
     Ok(infos)
 }
 
-/// Pushes up to `wire::MAX_FDS` sockets in one record and hands their infos to `out`, in
-/// order, once the record is in the target's queue.
+/// Pushes up to `wire::MAX_FDS` sockets in one record and appends their infos to `infos`,
+/// in order, once the record is in the target's queue.
 fn push_chunk(
     fds: &[BorrowedFd<'_>],
     kinds: &[SocketKind],
     target_pid: u32,
-    out: &mut dyn FnMut(ProtocolInfo),
+    infos: &mut Vec<ProtocolInfo>,
 ) -> Result<()> {
-    if target_pid == 0 || target_pid > i32::MAX as u32 {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!("{target_pid} is not a process id"),
-        ));
-    }
-    super::install_fork_handlers();
+    check_target(target_pid)?;
     let mut retried = false;
     let mut entries = [Entry { token: 0, tag: 0 }; wire::MAX_FDS];
-    let mut infos = Vec::with_capacity(fds.len());
+    let before = infos.len();
     loop {
         let (link, fresh) = link_to(target_pid)?;
-        infos.clear();
+        infos.truncate(before);
         for (entry, &kind) in entries.iter_mut().zip(kinds) {
             let info = ProtocolInfo::for_share(kind, target_pid, next_token()?);
             *entry = Entry {
@@ -87,10 +80,7 @@ fn push_chunk(
             infos.push(info);
         }
         match push(&link, &entries[..fds.len()], fds) {
-            Ok(()) => {
-                infos.drain(..).for_each(&mut *out);
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             // The cached connection outlived the target's session: connect once more, to
             // whatever session the pid has now.
             Err(e) if is_disconnect(e) && !fresh && !retried => {
@@ -179,13 +169,7 @@ fn link_to(pid: u32) -> Result<(Arc<OwnedFd>, bool)> {
 /// session, and its policy admits this process) without pushing anything. Leaves the
 /// connection cached for the next `duplicate`.
 pub(crate) fn probe(target_pid: u32) -> Result<()> {
-    if target_pid == 0 || target_pid > i32::MAX as u32 {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!("{target_pid} is not a process id"),
-        ));
-    }
-    super::install_fork_handlers();
+    check_target(target_pid)?;
     let (link, fresh) = link_to(target_pid)?;
     // A cached connection may have outlived the target's session (it then polls as
     // readable or hung up, since a live session never writes after its answer).
@@ -193,6 +177,19 @@ pub(crate) fn probe(target_pid: u32) -> Result<()> {
         forget_link(target_pid, &link);
         link_to(target_pid)?;
     }
+    Ok(())
+}
+
+/// Refuses what cannot be a process id, and readies the fork handlers a source needs
+/// before its first connection.
+fn check_target(target_pid: u32) -> Result<()> {
+    if target_pid == 0 || target_pid > i32::MAX as u32 {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!("{target_pid} is not a process id"),
+        ));
+    }
+    super::install_fork_handlers();
     Ok(())
 }
 

@@ -608,14 +608,13 @@ fn push_record(bytes: &[u8], meta: Meta) -> Record {
     let Some(entries) = wire::parse_push(bytes) else {
         return Record::Broken;
     };
-    let entries: Vec<wire::Entry> = entries.collect();
     if meta.fds.len() < entries.len() && meta.truncated {
         return Record::NoRoom;
     }
     if meta.fds.len() != entries.len() {
         return Record::Broken;
     }
-    Record::Sockets(entries.into_iter().zip(meta.fds).collect())
+    Record::Sockets(entries.zip(meta.fds).collect())
 }
 
 /// The guards `before_fork` takes, held until `after_fork` (both run in the forking

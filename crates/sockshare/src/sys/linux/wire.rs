@@ -79,7 +79,7 @@ pub(super) fn push(entries: &[Entry], out: &mut [u8; MAX_PUSH_LEN]) -> usize {
 }
 
 /// Parses a push record from untrusted bytes: `None` unless it is well formed.
-pub(super) fn parse_push(b: &[u8]) -> Option<impl Iterator<Item = Entry> + '_> {
+pub(super) fn parse_push(b: &[u8]) -> Option<impl ExactSizeIterator<Item = Entry> + '_> {
     let (kind, count) = read_header(b)?;
     let count = count as usize;
     if kind != PUSH || count == 0 || count > MAX_FDS || b.len() != HEADER_LEN + count * ENTRY_LEN {

@@ -50,6 +50,34 @@ const fn envelope_at(len: usize) -> usize {
 /// envelope: the A form's name area is the smaller.
 const MAX_NAME: usize = envelope_at(INFO_A_SIZE) - offset::SZ_PROTOCOL - 1;
 
+/// The characters of a `szProtocol` area as UTF-16 units: little-endian pairs in the W
+/// form (`wide`), one byte each in the A form.
+fn name_units(area: &[u8], wide: bool) -> impl Iterator<Item = u16> + '_ {
+    area.chunks_exact(if wide { 2 } else { 1 }).map(move |c| {
+        if wide {
+            u16::from_le_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0])
+        }
+    })
+}
+
+/// Writes `units` into the W form's `szProtocol`, from its start.
+fn put_name_w(native: &mut [u8; INFO_W_SIZE], units: impl Iterator<Item = u16>) {
+    for (i, unit) in units.enumerate() {
+        let at = offset::SZ_PROTOCOL + 2 * i;
+        native[at..at + 2].copy_from_slice(&unit.to_le_bytes());
+    }
+}
+
+/// The name `units` spell, an unpaired surrogate becoming U+FFFD (as
+/// `String::from_utf16_lossy`).
+fn name_string(units: impl Iterator<Item = u16>) -> String {
+    char::decode_utf16(units)
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect()
+}
+
 /// A protocol info: what a source's `duplicate` returns and a target turns into its own
 /// socket, once. It is plain bytes in the `WSAPROTOCOL_INFOW` layout
 /// ([`to_bytes_w`](Self::to_bytes_w)) or the `WSAPROTOCOL_INFOA` layout
@@ -83,11 +111,10 @@ impl ProtocolInfo {
         target_pid: u32,
         nonce: u64,
     ) -> Result<ProtocolInfo> {
-        let units: Vec<u16> = native[offset::SZ_PROTOCOL..]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let len = units.iter().position(|&u| u == 0).unwrap_or(units.len());
+        let area = &native[offset::SZ_PROTOCOL..];
+        let len = name_units(area, true)
+            .position(|u| u == 0)
+            .unwrap_or(area.len() / 2);
         if len > MAX_NAME {
             return Err(crate::Error::new(
                 crate::ErrorKind::NetDown,
@@ -97,10 +124,11 @@ impl ProtocolInfo {
                 ),
             ));
         }
+        let name = name_string(name_units(area, true).take(len));
         native[offset::SZ_PROTOCOL + 2 * len..].fill(0);
         Ok(ProtocolInfo {
             native,
-            name: String::from_utf16_lossy(&units[..len]),
+            name,
             target_pid,
             nonce,
         })
@@ -132,33 +160,22 @@ impl ProtocolInfo {
             ));
         }
         let name_area = &bytes[offset::SZ_PROTOCOL..envelope_at(bytes.len())];
-        let units: Vec<u16> = if wide {
-            name_area
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect()
-        } else {
-            name_area.iter().map(|&b| u16::from(b)).collect()
-        };
-        let len = units
-            .iter()
-            .position(|&u| u == 0)
+        let units = || name_units(name_area, wide);
+        let len = units()
+            .position(|u| u == 0)
             .filter(|&len| len <= MAX_NAME)
             .ok_or_else(|| invalid("the protocol name (szProtocol) of this info is too long"))?;
-        if units[len..].iter().any(|&u| u != 0) {
+        if units().skip(len).any(|u| u != 0) {
             return Err(invalid(
                 "this protocol info is damaged or was altered (bytes after the protocol name)",
             ));
         }
         let mut native = [0u8; INFO_W_SIZE];
         native[..offset::SZ_PROTOCOL].copy_from_slice(&bytes[..offset::SZ_PROTOCOL]);
-        for (i, unit) in units[..len].iter().enumerate() {
-            let at = offset::SZ_PROTOCOL + 2 * i;
-            native[at..at + 2].copy_from_slice(&unit.to_le_bytes());
-        }
+        put_name_w(&mut native, units().take(len));
         let info = ProtocolInfo {
             native,
-            name: String::from_utf16_lossy(&units[..len]),
+            name: name_string(units().take(len)),
             target_pid: get_u32(env, ENV_PID),
             nonce: u64::from(get_u32(env, ENV_NONCE))
                 | u64::from(get_u32(env, ENV_NONCE + 4)) << 32,
@@ -174,11 +191,7 @@ impl ProtocolInfo {
     /// The info in the `WSAPROTOCOL_INFOW` layout (628 bytes, UTF-16 `szProtocol`): the
     /// native info with sockshare's envelope after the name.
     pub fn to_bytes_w(&self) -> [u8; INFO_W_SIZE] {
-        let mut b = self.native;
-        self.write_envelope(&mut b[envelope_at(INFO_W_SIZE)..], 0);
-        let crc = crc32fast::hash(&b);
-        put(&mut b, envelope_at(INFO_W_SIZE) + ENV_CRC, crc);
-        b
+        self.w_form(self.compute_crc())
     }
 
     /// The info in the `WSAPROTOCOL_INFOA` layout (372 bytes, 8-bit `szProtocol`; a
@@ -208,11 +221,16 @@ impl ProtocolInfo {
         put(env, ENV_ZERO, 0);
     }
 
+    /// The W form, its envelope carrying `crc`.
+    fn w_form(&self, crc: u32) -> [u8; INFO_W_SIZE] {
+        let mut b = self.native;
+        self.write_envelope(&mut b[envelope_at(INFO_W_SIZE)..], crc);
+        b
+    }
+
     /// CRC-32 of the W form with the CRC word zeroed: the A and W forms share it.
     fn compute_crc(&self) -> u32 {
-        let mut b = self.native;
-        self.write_envelope(&mut b[envelope_at(INFO_W_SIZE)..], 0);
-        crc32fast::hash(&b)
+        crc32fast::hash(&self.w_form(0))
     }
 
     /// The native `WSAPROTOCOL_INFOW` bytes exactly as `WSADuplicateSocketW` wrote them
@@ -341,10 +359,7 @@ mod tests {
         put(&mut native, offset::SOCKET_TYPE, 1);
         put(&mut native, offset::PROTOCOL, 6);
         put(&mut native, offset::PROVIDER_RESERVED, 0xdead_beef);
-        for (i, u) in "MSAFD Tcpip [TCP/IP]".encode_utf16().enumerate() {
-            let at = offset::SZ_PROTOCOL + 2 * i;
-            native[at..at + 2].copy_from_slice(&u.to_le_bytes());
-        }
+        put_name_w(&mut native, "MSAFD Tcpip [TCP/IP]".encode_utf16());
         ProtocolInfo::wrap(native, 4242, 0x0102_0304_0506_0708).unwrap()
     }
 

@@ -68,14 +68,13 @@ fn startup() {
     });
 }
 
-/// The Winsock error of the last failed call, as an `Error` saying what was being done.
-fn last_error(what: &str) -> Error {
+/// The Winsock error of the last failed call (`WSAGetLastError`, read once), with the
+/// operating system's error as its source. `explain` returns sockshare's own wording for
+/// the kinds it words itself (an error of that same kind), or `None` for the plain
+/// "`what`: system message".
+fn last_error(what: &str, explain: impl FnOnce(ErrorKind) -> Option<Error>) -> Error {
     // SAFETY: WSAGetLastError only reads this thread's last error.
     let code = unsafe { ws::WSAGetLastError() };
-    wsa_error(what, code)
-}
-
-fn wsa_error(what: &str, code: i32) -> Error {
     let os = io::Error::from_raw_os_error(code);
     let kind = match code {
         ws::WSAENOTSOCK | ws::WSAEBADF => ErrorKind::NotSocket,
@@ -84,7 +83,21 @@ fn wsa_error(what: &str, code: i32) -> Error {
         ws::WSAEPROVIDERFAILEDINIT | ws::WSAEINVALIDPROVIDER => ErrorKind::Invalid,
         code => ErrorKind::from_code(code).unwrap_or(ErrorKind::NetDown),
     };
-    Error::new(kind, format!("{what}: {os}")).with_source(os)
+    let error = explain(kind).unwrap_or_else(|| Error::new(kind, format!("{what}: {os}")));
+    debug_assert_eq!(error.kind(), kind);
+    error.with_source(os)
+}
+
+/// `Invalid` for a target `OpenProcess(PROCESS_DUP_HANDLE)` refuses, as `duplicate` and
+/// `probe` report it.
+fn cannot_duplicate_into(target_pid: u32) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        format!(
+            "process {target_pid} does not exist or does not let this process duplicate \
+             handles into it (PROCESS_DUP_HANDLE)"
+        ),
+    )
 }
 
 /// Family, type and protocol of an open socket, from `SO_PROTOCOL_INFOW`.
@@ -105,15 +118,14 @@ pub(crate) fn socket_kind(socket: BorrowedSocket<'_>) -> Result<SocketKind> {
         )
     };
     if rc != 0 {
-        let e = last_error("reading the socket's protocol info");
-        if e.kind() == ErrorKind::NotSocket {
-            return Err(Error::new(
-                ErrorKind::NotSocket,
-                format!("{} is not an open socket", socket.as_raw_socket()),
-            )
-            .with_source(io::Error::from_raw_os_error(e.code())));
-        }
-        return Err(e);
+        return Err(last_error("reading the socket's protocol info", |kind| {
+            (kind == ErrorKind::NotSocket).then(|| {
+                Error::new(
+                    kind,
+                    format!("{} is not an open socket", socket.as_raw_socket()),
+                )
+            })
+        }));
     }
     Ok(SocketKind::new(
         info.iAddressFamily,
@@ -152,7 +164,6 @@ fn nonce() -> u64 {
 /// `WSADuplicateSocketW(socket, target_pid)`, wrapped with sockshare's envelope.
 pub(crate) fn duplicate(
     socket: BorrowedSocket<'_>,
-    _kind: SocketKind,
     target_pid: u32,
 ) -> Result<crate::info::ProtocolInfo> {
     startup();
@@ -164,18 +175,14 @@ pub(crate) fn duplicate(
         ws::WSADuplicateSocketW(socket.as_raw_socket() as ws::SOCKET, target_pid, &mut info)
     };
     if rc != 0 {
-        let e = last_error("WSADuplicateSocketW");
-        return Err(match e.kind() {
-            ErrorKind::Invalid => Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "process {target_pid} does not exist or does not let this process \
-                     duplicate handles into it (PROCESS_DUP_HANDLE)"
-                ),
-            )
-            .with_source(io::Error::from_raw_os_error(e.code())),
-            _ => e,
+        let error = last_error("WSADuplicateSocketW", |kind| {
+            (kind == ErrorKind::Invalid).then(|| cannot_duplicate_into(target_pid))
         });
+        // Wine reports a handle that is no socket as WSAEOPNOTSUPP: look at the socket
+        // once the call failed, so `NotSocket` still comes first, at no cost to a
+        // duplicate that succeeds.
+        socket_kind(socket)?;
+        return Err(error);
     }
     ProtocolInfo::wrap(to_bytes(&info), target_pid, nonce())
 }
@@ -185,14 +192,10 @@ pub(crate) fn duplicate(
 /// exits.
 pub(crate) fn duplicate_many(
     sockets: &[BorrowedSocket<'_>],
-    kinds: &[SocketKind],
+    _kinds: &[SocketKind],
     target_pid: u32,
 ) -> Result<Vec<crate::info::ProtocolInfo>> {
-    sockets
-        .iter()
-        .zip(kinds)
-        .map(|(&s, &k)| duplicate(s, k, target_pid))
-        .collect()
+    sockets.iter().map(|&s| duplicate(s, target_pid)).collect()
 }
 
 /// The checks of `duplicate` on the pid: Windows' own, `OpenProcess(PROCESS_DUP_HANDLE)`.
@@ -200,14 +203,7 @@ pub(crate) fn probe(target_pid: u32) -> Result<()> {
     // SAFETY: OpenProcess takes plain values and returns an owned handle or null.
     let handle = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, target_pid) };
     if handle.is_null() {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!(
-                "process {target_pid} does not exist or does not let this process duplicate \
-                 handles into it (PROCESS_DUP_HANDLE)"
-            ),
-        )
-        .with_source(io::Error::last_os_error()));
+        return Err(cannot_duplicate_into(target_pid).with_source(io::Error::last_os_error()));
     }
     // SAFETY: `handle` was returned by OpenProcess above and is closed once.
     unsafe { CloseHandle(handle) };
@@ -303,16 +299,15 @@ impl Session {
             )
         };
         if raw == ws::INVALID_SOCKET {
-            let e = last_error("WSASocketW(FROM_PROTOCOL_INFO)");
-            return Err(match e.kind() {
-                ErrorKind::TooManyDescriptors => Error::new(
-                    ErrorKind::TooManyDescriptors,
-                    "this process has no free socket handle; the info stays valid: close \
-                     a handle and redeem again",
-                )
-                .with_source(io::Error::from_raw_os_error(e.code())),
-                _ => e,
-            });
+            return Err(last_error("WSASocketW(FROM_PROTOCOL_INFO)", |kind| {
+                (kind == ErrorKind::TooManyDescriptors).then(|| {
+                    Error::new(
+                        kind,
+                        "this process has no free socket handle; the info stays valid: close \
+                         a handle and redeem again",
+                    )
+                })
+            }));
         }
         redeemed.insert(info.nonce());
         // SAFETY: WSASocketW returned a valid socket that nothing else owns.
