@@ -56,19 +56,18 @@ fn set_last_error(code: i32) {
 
 /// What `WSAStartup` set up in this process.
 struct State {
-    /// The process that called `WSAStartup`; a forked child sees another pid and starts
-    /// afresh, as the core does with its session.
-    pid: u32,
     /// One session handle per successful `WSAStartup` not yet matched by `WSACleanup`.
+    /// Their `pid()` is the process that started them: a forked child sees another pid
+    /// and starts afresh, as the core does with its session.
     sessions: Vec<Session>,
     /// Descriptors `WSASocket` returned and `closesocket` has not closed, with their
     /// (device, inode), so the last `WSACleanup` closes only what is still that socket,
     /// never a number the program closed with `close` and reused for something else.
+    /// Empty whenever `sessions` is.
     sockets: BTreeMap<RawFd, (u64, u64)>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
-    pid: 0,
     sessions: Vec::new(),
     sockets: BTreeMap::new(),
 });
@@ -78,14 +77,18 @@ fn state() -> MutexGuard<'static, State> {
     // A panic while holding the lock is caught at the boundary; the state stays coherent
     // (each change is one push, pop or insert), so a poisoned lock is still usable.
     let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = sockshare::current_pid();
-    if st.pid != pid {
+    // The sessions all come from one process (a child's first call here drops its
+    // parent's), so the first tells whose they are.
+    if st
+        .sessions
+        .first()
+        .is_some_and(|s| s.pid() != sockshare::current_pid())
+    {
         // Dropping the parent's handles is harmless here: the core ignores handles of a
         // session that belongs to another process. The descriptors stay open, as any
         // descriptor does across fork; they are the parent's to clean up.
         st.sessions.clear();
         st.sockets.clear();
-        st.pid = pid;
     }
     st
 }
@@ -108,16 +111,13 @@ fn int_result(result: Result<(), i32>) -> c_int {
     }
 }
 
-fn require_started(st: &State) -> Result<(), i32> {
-    if st.sessions.is_empty() {
-        Err(WSANOTINITIALISED)
-    } else {
-        Ok(())
-    }
+/// The session handle of the latest `WSAStartup`, or `WSANOTINITIALISED`.
+fn require_started(st: &State) -> Result<&Session, i32> {
+    st.sessions.last().ok_or(WSANOTINITIALISED)
 }
 
 fn started() -> Result<(), i32> {
-    require_started(&state())
+    require_started(&state()).map(drop)
 }
 
 /// The Winsock code for an errno met outside the sharing machinery.
@@ -164,11 +164,9 @@ fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
         )
     };
     if rc == 0 {
-        return Ok(fd);
-    }
-    match last_errno() {
-        libc::EBADF | libc::ENOTSOCK => Err(WSAENOTSOCK),
-        e => Err(wsa_from_errno(e)),
+        Ok(fd)
+    } else {
+        Err(wsa_from_errno(last_errno()))
     }
 }
 
@@ -188,12 +186,19 @@ fn identity(fd: RawFd) -> Option<(u64, u64)> {
     Some((st.st_dev as u64, st.st_ino as u64))
 }
 
-fn duplicate_socket(
+/// The body of `WSADuplicateSocketA`/`W`: `T` is the info struct, `N` its size, and
+/// `to_bytes` makes an info in that form.
+///
+/// # Safety
+///
+/// `out` is NULL or points to memory writable for a `T`.
+unsafe fn duplicate_socket<T, const N: usize>(
     s: SOCKET,
     pid: DWORD,
-    out: *mut u8,
-    write: impl FnOnce(&ProtocolInfo, *mut u8),
+    out: *mut T,
+    to_bytes: fn(&ProtocolInfo) -> [u8; N],
 ) -> c_int {
+    const { assert!(std::mem::size_of::<T>() == N) };
     int_result(boundary(|| {
         started()?;
         let fd = socket_fd(s)?;
@@ -205,10 +210,15 @@ fn duplicate_socket(
         }
         // SAFETY: `socket_fd` found `fd` open; it stays open during this call unless the
         // caller closes it from another thread meanwhile, a race the caller owns here as
-        // with any descriptor (and on Windows).
+        // with any descriptor (and on Windows). Checking here, not only in
+        // `sockshare::duplicate`, is what lets the borrow promise an open descriptor.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let info = sockshare::duplicate(borrowed, pid).map_err(|e| e.code())?;
-        write(&info, out);
+        let bytes = to_bytes(&info);
+        // SAFETY: `out` is not NULL, so the caller guarantees it is writable for a `T`,
+        // which is N bytes (asserted at compile time above); write_unaligned needs no
+        // alignment.
+        unsafe { out.cast::<[u8; N]>().write_unaligned(bytes) };
         Ok(())
     }))
 }
@@ -232,12 +242,8 @@ pub unsafe extern "C" fn WSADuplicateSocketA(
     dwProcessId: DWORD,
     lpProtocolInfo: *mut WSAPROTOCOL_INFOA,
 ) -> c_int {
-    duplicate_socket(s, dwProcessId, lpProtocolInfo.cast(), |info, out| {
-        let bytes = info.to_bytes_a();
-        // SAFETY: the caller guarantees `out` is writable for a WSAPROTOCOL_INFOA, which
-        // is INFO_A_SIZE bytes; a byte copy needs no alignment.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, INFO_A_SIZE) };
-    })
+    // SAFETY: the caller keeps `duplicate_socket`'s contract, which is this function's.
+    unsafe { duplicate_socket(s, dwProcessId, lpProtocolInfo, ProtocolInfo::to_bytes_a) }
 }
 
 /// `WSADuplicateSocketW`: as [`WSADuplicateSocketA`], writing the 628-byte
@@ -252,23 +258,8 @@ pub unsafe extern "C" fn WSADuplicateSocketW(
     dwProcessId: DWORD,
     lpProtocolInfo: *mut WSAPROTOCOL_INFOW,
 ) -> c_int {
-    duplicate_socket(s, dwProcessId, lpProtocolInfo.cast(), |info, out| {
-        let bytes = info.to_bytes_w();
-        // SAFETY: the caller guarantees `out` is writable for a WSAPROTOCOL_INFOW, which
-        // is INFO_W_SIZE bytes; a byte copy needs no alignment.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, INFO_W_SIZE) };
-    })
-}
-
-/// The `N` info bytes a `WSASocket` caller passed, if it passed any.
-///
-/// # Safety
-///
-/// `p` is NULL or readable for `N` initialised bytes.
-unsafe fn info_bytes<const N: usize, T>(p: *const T) -> Option<[u8; N]> {
-    // SAFETY: per the contract `p` is readable for N bytes; read_unaligned needs no
-    // alignment.
-    (!p.is_null()).then(|| unsafe { std::ptr::read_unaligned(p.cast::<[u8; N]>()) })
+    // SAFETY: the caller keeps `duplicate_socket`'s contract, which is this function's.
+    unsafe { duplicate_socket(s, dwProcessId, lpProtocolInfo, ProtocolInfo::to_bytes_w) }
 }
 
 /// An af/type/protocol argument agrees with the info's value (S13).
@@ -276,24 +267,34 @@ fn matches_info(arg: c_int, value: i32) -> bool {
     arg == FROM_PROTOCOL_INFO || arg == 0 || arg == value
 }
 
-fn create_socket(
+/// The body of `WSASocketA`/`W`: `T` is the info struct and `N` its size.
+///
+/// # Safety
+///
+/// `info` is NULL or points to a readable, initialised `T` without padding.
+unsafe fn create_socket<T, const N: usize>(
     af: c_int,
     ty: c_int,
     protocol: c_int,
-    info: Option<&[u8]>,
+    info: *const T,
     g: GROUP,
     flags: DWORD,
 ) -> SOCKET {
+    const { assert!(std::mem::size_of::<T>() == N) };
+    // SAFETY: per the contract `info` is NULL or readable for a `T`, which is N
+    // initialised bytes (asserted at compile time above; no padding); read_unaligned
+    // needs no alignment.
+    let info = (!info.is_null()).then(|| unsafe { info.cast::<[u8; N]>().read_unaligned() });
     let result = boundary(|| {
         let mut st = state();
-        require_started(&st)?;
+        let session = require_started(&st)?;
         if flags & !(WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT) != 0 || g != 0 {
             return Err(WSAEINVAL);
         }
         let inherit = flags & WSA_FLAG_NO_HANDLE_INHERIT == 0;
         let fd = match info {
             Some(bytes) => {
-                let info = ProtocolInfo::from_bytes(bytes).map_err(|e| e.code())?;
+                let info = ProtocolInfo::from_bytes(&bytes).map_err(|e| e.code())?;
                 // Checked before redeeming, so a wrong call leaves the info usable.
                 if !matches_info(af, info.address_family())
                     || !matches_info(ty, info.socket_type())
@@ -301,7 +302,6 @@ fn create_socket(
                 {
                     return Err(WSAEINVAL);
                 }
-                let session = st.sessions.last().ok_or(WSANOTINITIALISED)?;
                 let fd = session.redeem(&info).map_err(|e| e.code())?.into_owned_fd();
                 if inherit {
                     // The core hands out close-on-exec descriptors; Windows' handles are
@@ -363,17 +363,9 @@ pub unsafe extern "C" fn WSASocketA(
     g: GROUP,
     dwFlags: DWORD,
 ) -> SOCKET {
-    // SAFETY: the caller guarantees NULL or a readable, initialised WSAPROTOCOL_INFOA,
-    // which is INFO_A_SIZE bytes without padding.
-    let bytes = unsafe { info_bytes::<INFO_A_SIZE, _>(lpProtocolInfo) };
-    create_socket(
-        af,
-        r#type,
-        protocol,
-        bytes.as_ref().map(|b| &b[..]),
-        g,
-        dwFlags,
-    )
+    // SAFETY: the caller keeps `create_socket`'s contract, which is this function's
+    // (WSAPROTOCOL_INFOA has no padding).
+    unsafe { create_socket::<_, INFO_A_SIZE>(af, r#type, protocol, lpProtocolInfo, g, dwFlags) }
 }
 
 /// `WSASocketW`: as [`WSASocketA`], reading a 628-byte `WSAPROTOCOL_INFOW` (the form
@@ -391,17 +383,9 @@ pub unsafe extern "C" fn WSASocketW(
     g: GROUP,
     dwFlags: DWORD,
 ) -> SOCKET {
-    // SAFETY: the caller guarantees NULL or a readable, initialised WSAPROTOCOL_INFOW,
-    // which is INFO_W_SIZE bytes without padding.
-    let bytes = unsafe { info_bytes::<INFO_W_SIZE, _>(lpProtocolInfo) };
-    create_socket(
-        af,
-        r#type,
-        protocol,
-        bytes.as_ref().map(|b| &b[..]),
-        g,
-        dwFlags,
-    )
+    // SAFETY: the caller keeps `create_socket`'s contract, which is this function's
+    // (WSAPROTOCOL_INFOW has no padding).
+    unsafe { create_socket::<_, INFO_W_SIZE>(af, r#type, protocol, lpProtocolInfo, g, dwFlags) }
 }
 
 /// `closesocket`: closes the descriptor. The underlying socket closes when its last

@@ -136,8 +136,11 @@ fn build_c(name: &str, sources: &[PathBuf], link_static: bool) -> Result<PathBuf
         cmd.arg(lib.join("libws2_32.a"))
             .args(["-lpthread", "-ldl", "-lm", "-lrt"]);
     } else {
+        // DT_RPATH, not RUNPATH: `cargo test` puts target/debug first in
+        // LD_LIBRARY_PATH, which outranks a RUNPATH, and a `libws2_32.so` a `cargo build`
+        // left there would be tested instead of this build's.
         cmd.arg(format!("-L{}", lib.display()))
-            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg(format!("-Wl,-rpath,{},--disable-new-dtags", lib.display()))
             .arg("-lws2_32");
     }
     run_compiler(cmd)?;
