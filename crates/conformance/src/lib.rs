@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
+use sockshare::{ProtocolInfo, SharedSocket};
+
 pub mod stress;
 
 /// Lowercase hex of `bytes`.
@@ -27,8 +29,34 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The protocol info in hex text `s`; a failure as a peer answers it (`io bad hex`, or
+/// the Winsock name of what `ProtocolInfo::from_bytes` refused).
+pub fn info_from_hex(s: &str) -> Result<ProtocolInfo, String> {
+    let bytes = from_hex(s).ok_or("io bad hex")?;
+    ProtocolInfo::from_bytes(&bytes).map_err(wsa_error)
+}
+
+/// A sockshare failure as a peer answers it: `WSANAME message`.
+pub fn wsa_error(e: sockshare::Error) -> String {
+    format!("{} {}", e.kind().name(), e.message())
+}
+
+/// An I/O failure as a peer answers it: `io message`.
+pub fn io_error(e: std::io::Error) -> String {
+    format!("io {e}")
+}
+
+/// How a redeem ended, as a peer reports it: `ok` or the Winsock error's name.
+pub fn outcome(r: &sockshare::Result<SharedSocket>) -> String {
+    match r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.kind().name().to_owned(),
+    }
+}
+
 /// Open descriptors of this process.
 pub fn count_fds() -> usize {
+    // The directory handle read_dir holds is one of the entries.
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() - 1)
 }
 
@@ -42,11 +70,6 @@ pub fn rss_kib(pid: u32) -> usize {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Open descriptors of process `pid` (entries of /proc/PID/fd; root may read any).
-pub fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// Tests share this process's descriptor table and its sharing session, so they run one

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sockshare::{ErrorKind, ProtocolInfo, Session, SharedSocket};
 
-use crate::{from_hex, to_hex};
+use crate::{info_from_hex, io_error, outcome, to_hex};
 
 /// How long a target waits for a nonce that was queued before the request was sent: only
 /// a broken handoff takes this long.
@@ -30,17 +30,17 @@ const DATA_WAIT: Duration = Duration::from_secs(20);
 const ANSWER_LIMIT: Duration = Duration::from_secs(120);
 
 fn abstract_addr(name: &str) -> Result<UnixAddr, String> {
-    UnixAddr::from_abstract_name(name.as_bytes()).map_err(|e| format!("io {e}"))
+    UnixAddr::from_abstract_name(name.as_bytes()).map_err(io_error)
 }
 
 /// `stress-target NAME`: serves until `stop`, then replies with its counts.
 pub fn target(session: &Session, name: &str) -> Result<String, String> {
-    let sock = UnixDatagram::bind_addr(&abstract_addr(name)?).map_err(|e| format!("io {e}"))?;
+    let sock = UnixDatagram::bind_addr(&abstract_addr(name)?).map_err(io_error)?;
     let me = std::process::id();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("io {e}"))?;
+        let (n, from) = sock.recv_from(&mut buf).map_err(io_error)?;
         let request = String::from_utf8_lossy(&buf[..n]).into_owned();
         let w: Vec<&str> = request.split_whitespace().collect();
         let answer = match w.as_slice() {
@@ -61,16 +61,9 @@ pub fn target(session: &Session, name: &str) -> Result<String, String> {
     Ok(format!("pending={pending} {}", counts.join(" ")))
 }
 
-fn outcome(r: &Result<SharedSocket, sockshare::Error>) -> String {
-    match r {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => e.kind().name().to_owned(),
-    }
-}
-
 /// Redeems the info (and again when `mode` is `twice`); on success echoes the nonce.
 fn redeem_and_echo(session: &Session, mode: &str, hex: &str, me: u32) -> (String, String) {
-    let Some(info) = from_hex(hex).and_then(|b| ProtocolInfo::from_bytes(&b).ok()) else {
+    let Ok(info) = info_from_hex(hex) else {
         return ("bad-info".into(), "-".into());
     };
     let first = session.redeem(&info);
@@ -91,13 +84,12 @@ fn redeem_and_echo(session: &Session, mode: &str, hex: &str, me: u32) -> (String
 fn echo(socket: SharedSocket, me: u32) -> std::io::Result<()> {
     let mut nonce = [0u8; 8];
     if socket.kind().is_tcp() {
-        let mut s =
-            TcpStream::try_from(socket).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut s = TcpStream::try_from(socket)?;
         s.set_read_timeout(Some(DATA_WAIT))?;
         s.read_exact(&mut nonce)?;
         s.write_all(&reply(nonce, me))
     } else {
-        let s = UdpSocket::try_from(socket).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let s = UdpSocket::try_from(socket)?;
         s.set_read_timeout(Some(DATA_WAIT))?;
         let (_, from) = s.recv_from(&mut nonce)?;
         s.send_to(&reply(nonce, me), from).map(drop)
@@ -233,15 +225,14 @@ fn alive(pid: u32) -> bool {
 
 impl Worker {
     fn new(names: Vec<String>, reply_name: &str, seed: u64) -> Result<Worker, String> {
-        let sock =
-            UnixDatagram::bind_addr(&abstract_addr(reply_name)?).map_err(|e| format!("io {e}"))?;
+        let sock = UnixDatagram::bind_addr(&abstract_addr(reply_name)?).map_err(io_error)?;
         sock.set_read_timeout(Some(Duration::from_millis(500)))
-            .map_err(|e| format!("io {e}"))?;
+            .map_err(io_error)?;
         Ok(Worker {
             pids: vec![None; names.len()],
             names,
             sock,
-            listener: TcpListener::bind("127.0.0.1:0").map_err(|e| format!("io {e}"))?,
+            listener: TcpListener::bind("127.0.0.1:0").map_err(io_error)?,
             rng: Rng(seed | 1),
             seq: 0,
             counts: BTreeMap::new(),
@@ -334,7 +325,7 @@ impl Worker {
         let wrong = (self.names.len() > 1 && self.rng.chance(4))
             .then(|| (k + 1 + self.rng.below(self.names.len() - 1)) % self.names.len());
         let nonce = self.rng.next().to_le_bytes();
-        let mut shared = self.make(tcp).map_err(|e| format!("io {e}"))?;
+        let mut shared = self.make(tcp).map_err(io_error)?;
         let (pid, info) = loop {
             let pid = self.pid_of(k)?;
             let r = match &shared {
@@ -354,18 +345,14 @@ impl Worker {
         // Queue the nonce before the target can redeem, so it never waits for it.
         match &mut shared {
             Shared::Tcp { peer, ours } => {
-                peer.write_all(&nonce).map_err(|e| format!("io {e}"))?;
+                peer.write_all(&nonce).map_err(io_error)?;
                 if early_close {
                     *ours = None;
                 }
             }
             Shared::Udp { peer, ours } => {
-                let to = ours
-                    .as_ref()
-                    .unwrap()
-                    .local_addr()
-                    .map_err(|e| format!("io {e}"))?;
-                peer.send_to(&nonce, to).map_err(|e| format!("io {e}"))?;
+                let to = ours.as_ref().unwrap().local_addr().map_err(io_error)?;
+                peer.send_to(&nonce, to).map_err(io_error)?;
                 if early_close {
                     *ours = None;
                 }

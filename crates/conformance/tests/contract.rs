@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use conformance::{count_fds, from_hex, serial, to_hex, Peer, PeerCommand};
+use conformance::{count_fds, from_hex, info_from_hex, serial, to_hex, Peer, PeerCommand};
 use sockshare::{duplicate, ErrorKind, Policy, ProtocolInfo, Session};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -87,6 +87,20 @@ fn wait_pending(target: &mut Peer, n: usize) {
     panic!("the session's thread never received the pushed socket");
 }
 
+/// Waits until `peer` holds `n` descriptors: its session's thread lets go of closed
+/// connections on its own time. Panics with `what` if it never does.
+fn wait_fds(peer: &mut Peer, n: usize, what: &str) {
+    let mut now = peer.fds();
+    for _ in 0..1000 {
+        if now == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        now = peer.fds();
+    }
+    panic!("{what}: {now} descriptors, expected {n}");
+}
+
 fn hex_w(info: &ProtocolInfo) -> String {
     to_hex(&info.to_bytes_w())
 }
@@ -143,10 +157,7 @@ fn s1_tcp_listeners_ipv4_and_ipv6() {
 #[test]
 fn s1_connected_tcp_stream_both_ways() {
     let (_scene, mut target) = target_scene();
-    let (client, mut server) = tcp_pair();
-    let info = duplicate(&client, target.pid).unwrap();
-    drop(client);
-    let (slot, _) = redeem_in(&mut target, &info);
+    let (slot, mut server) = redeemed_connection(&mut target);
     target.ok(&format!("send {slot} ping"));
     assert_eq!(read_text(&mut server), "ping");
     server.write_all(b"pong").unwrap();
@@ -372,13 +383,12 @@ fn s7_source_may_close_or_exit_right_after_duplicate() {
         let mut source = peer();
         let reply = source.ok("tcp-listen 127.0.0.1:0");
         let (slot, at) = reply.split_once(' ').unwrap();
-        let bytes = from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
+        let info = info_from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
         if ending == "exit" {
             source.exit();
         } else {
             source.kill();
         }
-        let info = ProtocolInfo::from_bytes(&bytes).unwrap();
         let listener = TcpListener::try_from(session.redeem(&info).unwrap()).unwrap();
         let mut client = TcpStream::connect(at).unwrap();
         let (mut served, _) = listener.accept().unwrap();
@@ -524,9 +534,8 @@ fn s11_the_default_capacity_leaves_descriptors_for_other_sources() {
     let mut source = peer();
     let reply = source.ok("tcp-listen 127.0.0.1:0");
     let (slot, at) = reply.split_once(' ').unwrap();
-    let info = from_hex(&source.ok(&format!("dup {slot} {}", target.pid))).unwrap();
+    let info = info_from_hex(&source.ok(&format!("dup {slot} {}", target.pid))).unwrap();
     source.ok(&format!("close {slot}"));
-    let info = ProtocolInfo::from_bytes(&info).unwrap();
     let (listener, _) = redeem_in(&mut target, &info);
     let _client = TcpStream::connect(at).unwrap();
     let conn = target.ok(&format!("accept {listener}"));
@@ -540,15 +549,7 @@ fn s11_the_default_capacity_leaves_descriptors_for_other_sources() {
     // Once both sources let go, the session holds nothing of theirs.
     source.finish();
     sockshare::disconnect_all();
-    let mut now = target.fds();
-    for _ in 0..1000 {
-        if now == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        now = target.fds();
-    }
-    assert_eq!(now, before, "the target kept descriptors");
+    wait_fds(&mut target, before, "the target kept descriptors");
     target.finish();
 }
 
@@ -610,6 +611,14 @@ fn pending_connection(target: &mut Peer) -> (TcpStream, ProtocolInfo) {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     (server, info)
+}
+
+/// A connected pair whose client end was handed to `target` (and closed here): the slot
+/// it is in there, and the server end here.
+fn redeemed_connection(target: &mut Peer) -> (String, TcpStream) {
+    let (server, info) = pending_connection(target);
+    let (slot, _) = redeem_in(target, &info);
+    (slot, server)
 }
 
 fn assert_still_open(server: &TcpStream) {
@@ -746,8 +755,7 @@ fn s17_the_policy_decides_who_may_push_and_refused_pushes_are_closed() {
         .policy(Policy::AllowUids(vec![NOBODY]))
         .start()
         .unwrap();
-    let bytes = from_hex(&nobody.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
-    let info = ProtocolInfo::from_bytes(&bytes).unwrap();
+    let info = info_from_hex(&nobody.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
     UdpSocket::try_from(session.redeem(&info).unwrap()).unwrap();
     drop(session);
 
@@ -766,16 +774,12 @@ fn s1_redeemed_sockets_convert_into_tokio_types() {
     let mut source = peer();
     let reply = source.ok("tcp-listen 127.0.0.1:0");
     let (slot, at) = reply.split_once(' ').unwrap();
-    let bytes = from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
+    let info = info_from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
     let udp = source.ok("udp-bind 127.0.0.1:0");
     let udp_slot = udp.split_whitespace().next().unwrap();
-    let udp_bytes = from_hex(&source.ok(&format!("dup {udp_slot} {}", session.pid()))).unwrap();
-    let shared = session
-        .redeem(&ProtocolInfo::from_bytes(&bytes).unwrap())
-        .unwrap();
-    let shared_udp = session
-        .redeem(&ProtocolInfo::from_bytes(&udp_bytes).unwrap())
-        .unwrap();
+    let udp_info = info_from_hex(&source.ok(&format!("dup {udp_slot} {}", session.pid()))).unwrap();
+    let shared = session.redeem(&info).unwrap();
+    let shared_udp = session.redeem(&udp_info).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -827,8 +831,7 @@ fn s14_programs_a_target_runs_inherit_nothing_of_the_session() {
     let mut source = peer();
     let slot = source.ok("udp-bind 127.0.0.1:0");
     let slot = slot.split_whitespace().next().unwrap();
-    let bytes = from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
-    let pending = ProtocolInfo::from_bytes(&bytes).unwrap();
+    let pending = info_from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap();
     source.ok(&format!("dup {slot} {}", session.pid()));
     let redeemed = session.redeem(&pending).unwrap();
     // Session endpoint, its spare, a source connection, one pending and one redeemed
@@ -842,10 +845,7 @@ fn s14_programs_a_target_runs_inherit_nothing_of_the_session() {
 /// One genuine handoff from this process to `target`: a connected TCP socket, redeemed
 /// there, carrying `text` back to us.
 fn genuine_handoff(target: &mut Peer, text: &str) {
-    let (client, mut server) = tcp_pair();
-    let info = duplicate(&client, target.pid).unwrap();
-    drop(client);
-    let (slot, _) = redeem_in(target, &info);
+    let (slot, mut server) = redeemed_connection(target);
     target.ok(&format!("send {slot} {text}"));
     assert_eq!(read_text(&mut server), text);
     target.ok(&format!("close {slot}"));
@@ -1010,7 +1010,7 @@ fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on()
             Err(e) => panic!("{e}"),
         }
     }
-    let info = ProtocolInfo::from_bytes(&from_hex(&info.expect("room again")).unwrap()).unwrap();
+    let info = info_from_hex(&info.expect("room again")).unwrap();
     let (slot, _) = redeem_in(&mut target, &info);
     target.ok(&format!("close {slot}"));
 
@@ -1019,17 +1019,10 @@ fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on()
     newcomer.ok("disconnect");
     // Give the session's thread the closed connections before counting.
     genuine_handoff(&mut target, "after");
-    let mut now = target.fds();
-    for _ in 0..1000 {
-        if now <= target_fds {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        now = target.fds();
-    }
-    assert_eq!(
-        now, target_fds,
-        "the target holds descriptors of closed connections"
+    wait_fds(
+        &mut target,
+        target_fds,
+        "the target holds descriptors of closed connections",
     );
     let grown = target.rss_kib().saturating_sub(target_rss);
     assert!(grown < RSS_BOUND_KIB, "the target grew by {grown} KiB");
@@ -1103,7 +1096,7 @@ fn s10_a_source_out_of_descriptors_gets_wsaemfile_and_keeps_its_socket() {
     source.ok("fill-fds");
     let second = source.ok(&format!("dup {slot} {}", target.pid));
     for hex in [first, second] {
-        let info = ProtocolInfo::from_bytes(&from_hex(&hex).unwrap()).unwrap();
+        let info = info_from_hex(&hex).unwrap();
         let (shared, _) = redeem_in(&mut target, &info);
         let mut client = TcpStream::connect(at).unwrap();
         let conn = target.ok(&format!("accept {shared}"));

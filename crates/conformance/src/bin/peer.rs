@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use conformance::{from_hex, to_hex};
+use conformance::{count_fds, info_from_hex, io_error, outcome, to_hex, wsa_error};
 use socket2::{Domain, SockAddr, Socket, Type};
-use sockshare::{Policy, ProtocolInfo, Session};
+use sockshare::{Policy, Session};
 
 type Reply = Result<String, String>;
 
@@ -43,14 +43,6 @@ fn main() {
     }
 }
 
-fn wsa(e: sockshare::Error) -> String {
-    format!("{} {}", e.kind().name(), e.message())
-}
-
-fn io(e: std::io::Error) -> String {
-    format!("io {e}")
-}
-
 fn arg<'a>(words: &[&'a str], i: usize) -> Result<&'a str, String> {
     words
         .get(i)
@@ -62,11 +54,6 @@ fn num<T: std::str::FromStr>(words: &[&str], i: usize) -> Result<T, String> {
     arg(words, i)?
         .parse()
         .map_err(|_| format!("io argument {i} is not a number"))
-}
-
-fn count_fds() -> usize {
-    // The directory handle read_dir holds is one of the entries.
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() - 1)
 }
 
 impl Peer {
@@ -103,7 +90,7 @@ impl Peer {
                         b = b.policy(Policy::AllowUids(uids));
                     }
                 }
-                let s = b.start().map_err(wsa)?;
+                let s = b.start().map_err(wsa_error)?;
                 let pid = s.pid();
                 self.session = Some(s);
                 Ok(pid.to_string())
@@ -133,14 +120,14 @@ impl Peer {
                     .unwrap_or("127.0.0.1:0")
                     .parse()
                     .map_err(|_| "io bad address")?;
-                let s = Socket::new(Domain::for_address(addr), ty, None).map_err(io)?;
+                let s = Socket::new(Domain::for_address(addr), ty, None).map_err(io_error)?;
                 match w[0] {
                     "tcp-listen" => {
-                        s.bind(&addr.into()).map_err(io)?;
-                        s.listen(16).map_err(io)?;
+                        s.bind(&addr.into()).map_err(io_error)?;
+                        s.listen(16).map_err(io_error)?;
                     }
-                    "udp-bind" => s.bind(&addr.into()).map_err(io)?,
-                    "tcp-connect" => s.connect(&addr.into()).map_err(io)?,
+                    "udp-bind" => s.bind(&addr.into()).map_err(io_error)?,
+                    "tcp-connect" => s.connect(&addr.into()).map_err(io_error)?,
                     _ => {}
                 }
                 let local = s.local_addr().ok().and_then(|a| a.as_socket());
@@ -156,32 +143,32 @@ impl Peer {
                 } else {
                     Type::STREAM
                 };
-                let (a, b) = Socket::pair(Domain::UNIX, ty, None).map_err(io)?;
+                let (a, b) = Socket::pair(Domain::UNIX, ty, None).map_err(io_error)?;
                 let a = self.put(a);
                 let b = self.put(b);
                 Ok(format!("{a} {b}"))
             }
             "unix-listen" | "unix-connect" => {
-                let path = SockAddr::unix(arg(w, 1)?).map_err(io)?;
-                let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(io)?;
+                let path = SockAddr::unix(arg(w, 1)?).map_err(io_error)?;
+                let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(io_error)?;
                 if w[0] == "unix-listen" {
                     let _ = std::fs::remove_file(arg(w, 1)?);
-                    s.bind(&path).map_err(io)?;
-                    s.listen(16).map_err(io)?;
+                    s.bind(&path).map_err(io_error)?;
+                    s.listen(16).map_err(io_error)?;
                 } else {
-                    s.connect(&path).map_err(io)?;
+                    s.connect(&path).map_err(io_error)?;
                 }
                 Ok(self.put(s).to_string())
             }
             "accept" => {
                 let s = self.slot(w, 1)?;
                 s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-                let (conn, _) = s.accept().map_err(io)?;
+                let (conn, _) = s.accept().map_err(io_error)?;
                 Ok(self.put(conn).to_string())
             }
             "dup" | "dup-a" => {
                 let pid: u32 = num(w, 2)?;
-                let info = sockshare::duplicate(self.slot(w, 1)?, pid).map_err(wsa)?;
+                let info = sockshare::duplicate(self.slot(w, 1)?, pid).map_err(wsa_error)?;
                 Ok(if w[0] == "dup" {
                     to_hex(&info.to_bytes_w())
                 } else {
@@ -189,9 +176,8 @@ impl Peer {
                 })
             }
             "redeem" => {
-                let bytes = from_hex(arg(w, 1)?).ok_or("io bad hex")?;
-                let info = ProtocolInfo::from_bytes(&bytes).map_err(wsa)?;
-                let shared = self.session()?.redeem(&info).map_err(wsa)?;
+                let info = info_from_hex(arg(w, 1)?)?;
+                let shared = self.session()?.redeem(&info).map_err(wsa_error)?;
                 let kind = shared.kind();
                 let slot = self.put(Socket::from(shared));
                 Ok(format!(
@@ -203,7 +189,7 @@ impl Peer {
             }
             "send" => {
                 let text = arg(w, 2)?;
-                self.slot(w, 1)?.send(text.as_bytes()).map_err(io)?;
+                self.slot(w, 1)?.send(text.as_bytes()).map_err(io_error)?;
                 Ok(String::new())
             }
             "sendto" => {
@@ -211,14 +197,14 @@ impl Peer {
                 let text = arg(w, 3)?;
                 self.slot(w, 1)?
                     .send_to(text.as_bytes(), &addr.into())
-                    .map_err(io)?;
+                    .map_err(io_error)?;
                 Ok(String::new())
             }
             "recv" => {
                 let mut s = self.slot(w, 1)?;
                 s.set_read_timeout(Some(Duration::from_secs(10))).ok();
                 let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).map_err(io)?;
+                let n = s.read(&mut buf).map_err(io_error)?;
                 Ok(if n == 0 {
                     "<eof>".to_owned()
                 } else {
@@ -229,7 +215,7 @@ impl Peer {
                 let s = self.slot(w, 1)?;
                 s.set_read_timeout(Some(Duration::from_secs(10))).ok();
                 let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
-                let (n, from) = s.recv_from(&mut buf).map_err(io)?;
+                let (n, from) = s.recv_from(&mut buf).map_err(io_error)?;
                 // SAFETY: recv_from initialised the first `n` bytes.
                 let data: Vec<u8> = buf[..n]
                     .iter()
@@ -247,10 +233,10 @@ impl Peer {
             "getopt" => {
                 let s = self.slot(w, 1)?;
                 match arg(w, 2)? {
-                    "rcvbuf" => Ok(s.recv_buffer_size().map_err(io)?.to_string()),
-                    "nonblocking" => Ok(s.nonblocking().map_err(io)?.to_string()),
+                    "rcvbuf" => Ok(s.recv_buffer_size().map_err(io_error)?.to_string()),
+                    "nonblocking" => Ok(s.nonblocking().map_err(io_error)?.to_string()),
                     "cloexec" => {
-                        let flags = rustix::io::fcntl_getfd(s).map_err(|e| io(e.into()))?;
+                        let flags = rustix::io::fcntl_getfd(s).map_err(|e| io_error(e.into()))?;
                         Ok(flags.contains(rustix::io::FdFlags::CLOEXEC).to_string())
                     }
                     o => Err(format!("io unknown option {o}")),
@@ -259,8 +245,8 @@ impl Peer {
             "setopt" => {
                 let s = self.slot(w, 1)?;
                 match arg(w, 2)? {
-                    "rcvbuf" => s.set_recv_buffer_size(num(w, 3)?).map_err(io)?,
-                    "nonblocking" => s.set_nonblocking(arg(w, 3)? == "true").map_err(io)?,
+                    "rcvbuf" => s.set_recv_buffer_size(num(w, 3)?).map_err(io_error)?,
+                    "nonblocking" => s.set_nonblocking(arg(w, 3)? == "true").map_err(io_error)?,
                     o => return Err(format!("io unknown option {o}")),
                 }
                 Ok(String::new())
@@ -275,7 +261,7 @@ impl Peer {
                         maximum: old.maximum,
                     },
                 )
-                .map_err(|e| io(e.into()))?;
+                .map_err(|e| io_error(e.into()))?;
                 Ok(String::new())
             }
             "fill-fds" => {
@@ -284,7 +270,7 @@ impl Peer {
                     match rustix::io::dup(std::io::stdin().as_fd()) {
                         Ok(fd) => self.filler.push(fd),
                         Err(rustix::io::Errno::MFILE) => break,
-                        Err(e) => return Err(io(e.into())),
+                        Err(e) => return Err(io_error(e.into())),
                     }
                 }
                 Ok(self.filler.len().to_string())
@@ -309,11 +295,11 @@ impl Peer {
     /// with a session of its own; `fork hold SECS`: a forked child sleeps, holding whatever
     /// it inherited. Replies with what the child reports, or its pid.
     fn fork(&mut self, w: &[&str]) -> Reply {
-        let (read, write) = rustix::pipe::pipe().map_err(|e| io(e.into()))?;
+        let (read, write) = rustix::pipe::pipe().map_err(|e| io_error(e.into()))?;
         // SAFETY: the child runs only async-signal-safe-enough code of this single-threaded
         // program plus sockshare's own post-fork path (the thing under test), then _exits.
         match unsafe { libc::fork() } {
-            -1 => Err(io(std::io::Error::last_os_error())),
+            -1 => Err(io_error(std::io::Error::last_os_error())),
             0 => {
                 drop(read);
                 let report = self.in_child(w);
@@ -329,7 +315,7 @@ impl Peer {
                 let mut report = String::new();
                 std::fs::File::from(read)
                     .read_to_string(&mut report)
-                    .map_err(io)?;
+                    .map_err(io_error)?;
                 let mut status = 0;
                 // SAFETY: reaping our own child.
                 unsafe { libc::waitpid(child, &mut status, 0) };
@@ -346,26 +332,15 @@ impl Peer {
                 String::new()
             }
             Some(&"redeem") => {
-                let Some(info) = w
-                    .get(2)
-                    .and_then(|h| from_hex(h))
-                    .and_then(|b| ProtocolInfo::from_bytes(&b).ok())
-                else {
+                let Some(Ok(info)) = w.get(2).map(|h| info_from_hex(h)) else {
                     return "bad-info".into();
                 };
-                let inherited = match self.session().map(|s| s.redeem(&info)) {
-                    Ok(Ok(_)) => "ok".to_owned(),
-                    Ok(Err(e)) => e.kind().name().to_owned(),
+                let inherited = match self.session() {
+                    Ok(s) => outcome(&s.redeem(&info)),
                     Err(_) => "no-session".to_owned(),
                 };
                 let own = match Session::new() {
-                    Ok(s) => {
-                        let redeemed = match s.redeem(&info) {
-                            Ok(_) => "ok".to_owned(),
-                            Err(e) => e.kind().name().to_owned(),
-                        };
-                        format!("own-session {} {redeemed}", s.pid())
-                    }
+                    Ok(s) => format!("own-session {} {}", s.pid(), outcome(&s.redeem(&info))),
                     Err(e) => format!("own-session-failed {}", e.kind().name()),
                 };
                 format!("{inherited} {own} fds={}", count_fds())
@@ -380,7 +355,7 @@ impl Peer {
     fn raw_push(&mut self, w: &[&str]) -> Reply {
         let pid: u32 = num(w, 1)?;
         let fd = self.slot(w, 2)?.as_fd();
-        let sock = endpoint(pid).map_err(io)?;
+        let sock = endpoint(pid).map_err(io_error)?;
         let mut record = header(0x10, 1);
         record.extend_from_slice(&[7u8; 16]);
         match send_record(&sock, &record, &[fd]) {
@@ -389,7 +364,7 @@ impl Peer {
             Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
                 return Ok("reset".into())
             }
-            Err(e) => return Err(io(e.into())),
+            Err(e) => return Err(io_error(e.into())),
         }
         // A session that refuses closes the connection with our push unread, which the
         // kernel reports as a reset rather than the verdict.
@@ -439,7 +414,7 @@ impl Peer {
         let fd = self.slot(w, 4)?.as_fd();
         let (mut sent, mut refused) = (0, 0);
         for i in 0..n {
-            let sock = endpoint(pid).map_err(io)?;
+            let sock = endpoint(pid).map_err(io_error)?;
             // `early`: the message goes out before the verdict is read.
             if kind != "early" && verdict(&sock) != "accepted" {
                 refused += 1;
@@ -455,7 +430,7 @@ impl Peer {
                 // The kernel refuses more than 253 descriptors in one message.
                 Err(rustix::io::Errno::INVAL) if fds > 253 => {}
                 Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => refused += 1,
-                Err(e) => return Err(io(e.into())),
+                Err(e) => return Err(io_error(e.into())),
             }
         }
         Ok(format!("sent={sent} refused={refused}"))
