@@ -3,7 +3,8 @@
 //! The source is this process; the target is this program started again (`demo-target`).
 //! The target's stdout is a pipe back to the source: it carries the target's pid, its step
 //! lines (which the source prints in order) and its "ready"; the target's stdin carries the
-//! protocol info.
+//! protocol info. From step 5 on, both sides go by the kind of socket the info describes
+//! (a TCP listener or a UDP socket).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,20 +27,13 @@ pub struct DemoArgs {
     udp: bool,
 }
 
-/// Options of the hidden `demo-target`.
-#[derive(clap::Args)]
-pub struct TargetArgs {
-    #[arg(long)]
-    udp: bool,
-}
-
 fn step(n: u32, role: &str, text: &str) {
     println!("{n:>2}. {role:<6} [pid {}] {text}", std::process::id());
 }
 
 /// The source: steps 1, 2, 4, 5, 6 and its half of 9 and 10.
 pub fn source(args: &DemoArgs) -> Result<()> {
-    let shared: Shared = if args.udp {
+    let (shared, addr) = if args.udp {
         let s = UdpSocket::bind(args.addr)?;
         let at = s.local_addr()?;
         step(
@@ -47,7 +41,7 @@ pub fn source(args: &DemoArgs) -> Result<()> {
             "source",
             &format!("created a UDP socket bound to {at} (WSASocket, bind)"),
         );
-        Shared::Udp(s, at)
+        (Shared::Udp(s), at)
     } else {
         let s = TcpListener::bind(args.addr)?;
         let at = s.local_addr()?;
@@ -56,7 +50,7 @@ pub fn source(args: &DemoArgs) -> Result<()> {
             "source",
             &format!("created a TCP listener on {at} (WSASocket, bind, listen)"),
         );
-        Shared::Tcp(s, at)
+        (Shared::Tcp(s), at)
     };
 
     step(
@@ -66,11 +60,10 @@ pub fn source(args: &DemoArgs) -> Result<()> {
     );
     let mut child = Command::new(std::env::current_exe()?)
         .arg("demo-target")
-        .args(args.udp.then_some("--udp"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    let result = run_source(shared, &mut child);
+    let result = run_source(shared, addr, &mut child);
     if result.is_err() {
         let _ = child.kill();
     }
@@ -82,12 +75,14 @@ pub fn source(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// The socket the source shares.
 enum Shared {
-    Tcp(TcpListener, SocketAddr),
-    Udp(UdpSocket, SocketAddr),
+    Tcp(TcpListener),
+    Udp(UdpSocket),
 }
 
-fn run_source(shared: Shared, child: &mut Child) -> Result<()> {
+/// `addr`: where the shared socket is bound.
+fn run_source(shared: Shared, addr: SocketAddr, child: &mut Child) -> Result<()> {
     let mut from_target = BufReader::new(child.stdout.take().ok_or("no pipe from the target")?);
     let pid: u32 = relay_until(&mut from_target, "pid ")?.parse()?;
     step(
@@ -96,10 +91,10 @@ fn run_source(shared: Shared, child: &mut Child) -> Result<()> {
         &format!("received the target's process id: {pid}"),
     );
 
-    let (info, addr) = match &shared {
-        Shared::Tcp(s, at) => (sockshare::duplicate(s, pid)?, *at),
-        Shared::Udp(s, at) => (sockshare::duplicate(s, pid)?, *at),
-    };
+    let info = match &shared {
+        Shared::Tcp(s) => sockshare::duplicate(s, pid),
+        Shared::Udp(s) => sockshare::duplicate(s, pid),
+    }?;
     step(
         5,
         "source",
@@ -183,8 +178,8 @@ fn relay_until(from_target: &mut BufReader<ChildStdout>, prefix: &str) -> Result
 
 /// The target: steps 3, 7, 8, its half of 9, and 10. Step lines go to stdout, where the
 /// source prints them.
-pub fn target(args: &TargetArgs) -> Result<()> {
-    let result = run_target(args);
+pub fn target() -> Result<()> {
+    let result = run_target();
     if let Err(e) = &result {
         println!("error {e}");
     }
@@ -195,7 +190,7 @@ fn target_step(n: u32, text: &str) {
     println!("step {n:>2}. target [pid {}] {text}", std::process::id());
 }
 
-fn run_target(args: &TargetArgs) -> Result<()> {
+fn run_target() -> Result<()> {
     let session = Session::new()?;
     target_step(
         3,
@@ -216,7 +211,7 @@ fn run_target(args: &TargetArgs) -> Result<()> {
         ),
     );
     let shared = session.redeem(&info)?;
-    if args.udp {
+    if info.kind().is_udp() {
         let socket = UdpSocket::try_from(shared)?;
         target_step(
             8,

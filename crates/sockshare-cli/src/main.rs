@@ -28,7 +28,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The target half of `demo`, started by it (the info arrives on stdin).
     #[command(hide = true)]
-    DemoTarget(demo::TargetArgs),
+    DemoTarget,
     /// Measure handoffs beside the raw kernel mechanisms, in one run.
     #[cfg(target_os = "linux")]
     Bench(bench::BenchArgs),
@@ -37,7 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Demo(args) => demo::source(&args),
-        Command::DemoTarget(args) => demo::target(&args),
+        Command::DemoTarget => demo::target(),
         #[cfg(target_os = "linux")]
         Command::Bench(args) => bench::run(&args),
     };

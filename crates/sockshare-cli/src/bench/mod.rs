@@ -21,7 +21,7 @@
 mod report;
 mod worker;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
@@ -213,7 +213,7 @@ fn nofile_ceiling() -> u64 {
 
 /// The most pending infos a target can hold beside a wave being redeemed, in thousands.
 fn max_pending() -> u64 {
-    let room = nofile_ceiling().saturating_sub(2 * worker::WAVE as u64 + 1024);
+    let room = nofile_ceiling().saturating_sub(worker::HEADROOM);
     (room / 1000 * 1000).max(1)
 }
 
@@ -392,21 +392,13 @@ impl Worker {
     }
 
     fn say(&mut self, line: &str) -> Result<()> {
-        writeln!(self.to, "{line}")?;
-        Ok(self.to.flush()?)
+        worker::say_line(&mut self.to, line)
     }
 
     /// The next line, which must start with `word`; its other words.
     fn expect(&mut self, word: &str) -> Result<Vec<String>> {
-        let mut line = String::new();
-        if self.from.read_line(&mut line)? == 0 {
-            return Err(format!("a worker (pid {}) exited before `{word}`", self.pid()).into());
-        }
-        let mut parts = line.split_whitespace().map(str::to_owned);
-        match parts.next() {
-            Some(w) if w == word => Ok(parts.collect()),
-            other => Err(format!("expected `{word}` from a worker, got {other:?}").into()),
-        }
+        let who = format!("a worker (pid {})", self.pid());
+        worker::expect_line(&mut self.from, word, &who)
     }
 }
 
@@ -442,9 +434,7 @@ fn worker_args(
         Mode::Redeem => "redeem",
     };
     let links: Vec<String> = links.iter().map(LinkSpec::encode).collect();
-    let nofile = (pending + 2 * worker::WAVE as u64 + 1024)
-        .max(4096)
-        .min(nofile_ceiling());
+    let nofile = (pending + worker::HEADROOM).max(4096).min(nofile_ceiling());
     [
         "--role",
         role,

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::worker::CHUNK;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// What one run measured.
@@ -252,7 +254,7 @@ pub fn print_table(rows: &[Row], mode: &str, reps: u32, count: u64) {
     println!();
     println!(
         "throughput/sources/targets: pipelined handoffs, ops/s over all links; p50/p99 are \
-         per-handoff times of one link over chunks of 1024. round-trip: duplicate, info to \
+         per-handoff times of one link over chunks of {CHUNK}. round-trip: duplicate, info to \
          the target, create, acknowledge. redeem: one Session::redeem beside N pending infos."
     );
     println!();

@@ -29,9 +29,15 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// `WSAPROTOCOL_INFOW`, which is what sockshare sends.
 pub const PAYLOAD: usize = INFO_W_SIZE;
 /// Stream mode reports one sample per this many handoffs (per-handoff time of the chunk).
-const CHUNK: u64 = 1024;
+pub const CHUNK: u64 = 1024;
 /// Redeem mode pushes and redeems infos in waves of this many.
 pub const WAVE: usize = 1000;
+/// Sockets a redeem target holds beside its standing pending ones, at most: a wave
+/// pending and a wave redeemed.
+const IN_FLIGHT: usize = 2 * WAVE;
+/// Descriptors a redeem target needs beside its standing pending sockets: those in
+/// flight, and room for everything else it opens.
+pub const HEADROOM: u64 = IN_FLIGHT as u64 + 1024;
 /// The kernel carries at most this many descriptors in one message.
 pub const BATCH: usize = 253;
 
@@ -97,6 +103,26 @@ fn inherited(fd: Option<RawFd>, what: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Writes one control line (either direction).
+pub fn say_line(to: &mut impl Write, line: &str) -> Result<()> {
+    writeln!(to, "{line}")?;
+    Ok(to.flush()?)
+}
+
+/// Reads the next control line, which must start with `word`; returns its other words.
+/// `who` names the other side in errors.
+pub fn expect_line(from: &mut impl BufRead, word: &str, who: &str) -> Result<Vec<String>> {
+    let mut line = String::new();
+    if from.read_line(&mut line)? == 0 {
+        return Err(format!("{who} hung up before `{word}`").into());
+    }
+    let mut parts = line.split_whitespace().map(str::to_owned);
+    match parts.next() {
+        Some(w) if w == word => Ok(parts.collect()),
+        other => Err(format!("expected `{word}` from {who}, got {other:?}").into()),
+    }
+}
+
 /// Line-based control channel to the orchestrator (stdin/stdout).
 struct Control {
     input: BufReader<std::io::Stdin>,
@@ -110,23 +136,11 @@ impl Control {
     }
 
     fn say(&self, line: &str) -> Result<()> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(line.as_bytes())?;
-        out.write_all(b"\n")?;
-        out.flush()?;
-        Ok(())
+        say_line(&mut std::io::stdout().lock(), line)
     }
 
     fn expect(&mut self, word: &str) -> Result<Vec<String>> {
-        let mut line = String::new();
-        if self.input.read_line(&mut line)? == 0 {
-            return Err(format!("the orchestrator hung up before `{word}`").into());
-        }
-        let mut parts = line.split_whitespace().map(str::to_owned);
-        match parts.next() {
-            Some(w) if w == word => Ok(parts.collect()),
-            other => Err(format!("expected `{word}`, got {other:?}").into()),
-        }
+        expect_line(&mut self.input, word, "the orchestrator")
     }
 }
 
@@ -446,13 +460,8 @@ enum Receiver {
 }
 
 impl Receiver {
-    fn open(variant: Variant, link: &LinkSpec, session: Option<&Session>) -> Result<Receiver> {
+    fn open(variant: Variant, link: &LinkSpec) -> Result<Receiver> {
         let data = inherited(link.data, "data")?;
-        // Every link's handle joins the one session this process started.
-        let session = || -> Result<Session> {
-            session.ok_or("no session")?;
-            Ok(Session::new()?)
-        };
         Ok(match variant {
             Variant::Raw => Receiver::Raw { sock: data },
             Variant::Pidfd => Receiver::Pidfd {
@@ -464,7 +473,8 @@ impl Receiver {
             },
             Variant::Pipe | Variant::Batch => Receiver::Pipe {
                 pipe: BufReader::with_capacity(1 << 16, File::from(data)),
-                session: session()?,
+                // Joins the session `target` started (with its capacity) before any link.
+                session: Session::new()?,
             },
             Variant::Channel => Receiver::Channel {
                 channel: sockshare::Channel::from(data),
@@ -623,7 +633,6 @@ fn recv_with_fd(sock: BorrowedFd<'_>, payload: &mut [u8]) -> Result<OwnedFd> {
 struct Measured {
     first: u64,
     last: u64,
-    count: u64,
     samples: Vec<u64>,
 }
 
@@ -632,7 +641,7 @@ fn target(spec: &WorkerSpec) -> Result<()> {
     let session = match spec.variant {
         Variant::Pipe | Variant::Batch => Some(if spec.mode == Mode::Redeem {
             Session::builder()
-                .capacity(spec.pending as usize + 2 * WAVE)
+                .capacity(spec.pending as usize + IN_FLIGHT)
                 .start()?
         } else {
             Session::new()?
@@ -647,7 +656,7 @@ fn target(spec: &WorkerSpec) -> Result<()> {
     let mut receivers = spec
         .links
         .iter()
-        .map(|l| Receiver::open(spec.variant, l, session.as_ref()))
+        .map(|l| Receiver::open(spec.variant, l))
         .collect::<Result<Vec<_>>>()?;
     let acks = spec
         .links
@@ -731,7 +740,6 @@ fn stream_target(
                             }
                             m.last = t;
                         }
-                        m.count = spec.count;
                         ack.write_all(&[1])?;
                         Ok(m)
                     };
@@ -754,15 +762,16 @@ fn stream_target(
         first: u64::MAX,
         ..Measured::default()
     };
+    let mut count = 0;
     for m in results {
         let m = m?;
         // The first measured handoff took time too: count it from the link's start.
         all.first = all.first.min(m.first);
         all.last = all.last.max(m.last);
-        all.count += m.count.saturating_sub(1);
+        count += spec.count.saturating_sub(1);
         all.samples.extend(m.samples);
     }
-    report(control, all.first, all.last, all.count, &all.samples)
+    report(control, all.first, all.last, count, &all.samples)
 }
 
 fn redeem_target(
