@@ -690,7 +690,8 @@ fn target(spec: &WorkerSpec) -> Result<()> {
             Ok(())
         }
         Mode::Redeem => {
-            control.say("warmed")?;
+            // `redeem_target` says "warmed" once it has its memory baseline: the source
+            // starts pushing on the answer to it.
             redeem_target(
                 spec,
                 &control,
@@ -790,6 +791,7 @@ fn redeem_target(
         }
     };
     let before = rss_bytes()?;
+    control.say("warmed")?;
     wait_pending(spec.pending as usize);
     let after = rss_bytes()?;
     let per = after.saturating_sub(before) as f64 / spec.pending.max(1) as f64;
