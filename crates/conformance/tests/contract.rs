@@ -332,16 +332,16 @@ fn s6_infos_are_single_use_bound_to_the_target_and_checked() {
     let mut damaged = info.to_bytes_a();
     damaged[92] ^= 0x40;
     target.fails_with(&format!("redeem {}", to_hex(&damaged)), "WSAEINVAL");
-    // An altered field with a recomputed integrity check still does not match what the
-    // source sent beside the socket.
+    // An altered field with a recomputed integrity check is not what sockshare makes for
+    // the info's kind, nor what the source pushed.
     let mut altered = info.to_bytes_w();
     altered[88] = 1; // iSocketType: SOCK_STREAM
     altered[112..116].fill(0);
     let crc = crc32fast::hash(&altered);
     altered[112..116].copy_from_slice(&crc.to_le_bytes());
     assert!(
-        ProtocolInfo::from_bytes(&altered).is_ok(),
-        "CRC recomputed like the library"
+        ProtocolInfo::from_bytes(&altered).is_err(),
+        "a field changed with its CRC mended must not parse"
     );
     target.fails_with(&format!("redeem {}", to_hex(&altered)), "WSAEINVAL");
     // A guessed token with the right integrity check names no pending socket.

@@ -431,10 +431,14 @@ impl ProtocolInfo {
 
     /// Parses an info from untrusted bytes: 628 bytes are the W form, 372 the A form.
     ///
-    /// Fails with [`ErrorKind::Invalid`] when the length is neither, the provider is not
-    /// sockshare, the name is not text, or the integrity check does not match. Passing the
-    /// check means only that the bytes were not damaged: whether the socket is still
-    /// pending, and for this process, is decided when it is redeemed.
+    /// # Errors
+    ///
+    /// [`ErrorKind::Invalid`] when the length is neither, the provider is not sockshare,
+    /// the name is not text, the integrity check does not match, or any field differs from
+    /// what `duplicate` writes for the info's socket kind (a forged info whose CRC was
+    /// mended). Passing these checks means only that the bytes are well formed: whether
+    /// the socket is still pending, of this kind, and for this process, is decided when it
+    /// is redeemed.
     pub fn from_bytes(bytes: &[u8]) -> Result<ProtocolInfo> {
         let name = match bytes.len() {
             INFO_W_SIZE => {
@@ -496,6 +500,20 @@ impl ProtocolInfo {
         if !fast && info.compute_tag() != info.tag {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
+            ));
+        }
+        // The CRC catches damage, not forgery: anyone can mend it. Every field but the
+        // sharing state is what `duplicate` writes for the info's kind, so a field changed
+        // with the CRC mended is refused here, and the kind itself is checked against the
+        // one the source pushed when the info is redeemed.
+        let made = ProtocolInfo {
+            tag: info.tag,
+            ..ProtocolInfo::unsigned(info.kind, info.target_pid, info.token)
+        };
+        if info != made {
+            return Err(invalid(
+                "this protocol info was altered: its fields are not those sockshare makes \
+                 for its socket kind",
             ));
         }
         Ok(info)
@@ -628,11 +646,6 @@ impl ProtocolInfo {
     pub(crate) fn token(&self) -> u64 {
         self.token
     }
-
-    /// The integrity tag (`dwProviderReserved`).
-    pub(crate) fn tag(&self) -> u32 {
-        self.tag
-    }
 }
 
 /// The integrity tag of a W form: its CRC-32 with the tag's own field zeroed.
@@ -698,7 +711,7 @@ mod tests {
             assert_eq!((get_i32(b, 80), get_i32(b, 84)), (16, 16));
             assert_eq!((get_i32(b, 88), get_i32(b, 92)), (1, 6));
             assert_eq!(get_u32(b, 108), 0);
-            assert_eq!(get_u32(b, 112), info.tag());
+            assert_eq!(get_u32(b, 112), info.tag);
         }
         let w = info.to_bytes_w();
         assert_eq!(&w[116..120], &[b's', 0, b'o', 0]);
@@ -737,6 +750,29 @@ mod tests {
             let meaningful = at < offset::SZ_PROTOCOL + 2 * (info.protocol_name().len() + 1);
             assert_eq!(parsed.is_err(), meaningful, "byte {at}");
         }
+    }
+
+    #[test]
+    fn a_field_changed_with_its_crc_mended_is_refused() {
+        let info = ProtocolInfo::for_share(tcp4(), 77, 99);
+        // Anyone can recompute a CRC: rewrite fields, then mend the tag.
+        let forge = |edit: &dyn Fn(&mut [u8; INFO_W_SIZE])| {
+            let mut w = info.to_bytes_w();
+            edit(&mut w);
+            let tag = tag_of(w);
+            put(&mut w, offset::PROVIDER_RESERVED, tag);
+            ProtocolInfo::from_bytes(&w)
+        };
+        assert!(forge(&|_| {}).is_ok(), "the unaltered info must parse");
+        // TCP rewritten to UDP with every derived field left as it was.
+        let to_udp = |w: &mut [u8; INFO_W_SIZE]| {
+            put(w, offset::SOCKET_TYPE, sock_dgram() as u32);
+            put(w, offset::PROTOCOL, 17);
+        };
+        assert!(forge(&to_udp).is_err());
+        // A field nothing reads, used to steer the CRC.
+        assert!(forge(&|w| put(w, offset::PROTOCOL_CHAIN + 4, 0xdead_beef)).is_err());
+        assert!(forge(&|w| put(w, offset::SECURITY_SCHEME, 1)).is_err());
     }
 
     #[test]

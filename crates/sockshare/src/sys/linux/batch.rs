@@ -7,6 +7,15 @@
 //! so one `recvmmsg(MSG_PEEK)` peeks many records, and one more `recvmmsg` with no room for
 //! descriptors consumes those the caller kept (the kernel drops its references; the copies
 //! remain). Two system calls per batch instead of two per record.
+//!
+//! Empty records (no bytes) need care, because with `SO_PEEK_OFF` the kernel shows each
+//! one to a peek only once and skips it in every later peek, while a plain receive still
+//! takes it in its turn. A count of peeked records therefore cannot say how many records
+//! to consume. So empty records are never handed out (no valid record of either protocol
+//! is empty; their descriptors, if any, are closed), and [`consume`] counts only the
+//! records with bytes, taking empty ones in passing wherever they stand. The end of the
+//! stream also reads as empty records, so a peek that finds nothing else asks the socket
+//! whether its peer has gone (`POLLRDHUP`).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -123,28 +132,39 @@ impl Batch {
             }
         };
         let mut out = Vec::with_capacity(n);
-        let mut ended = false;
         for m in msgs.iter().take(n) {
             // SAFETY: the kernel filled this header's control buffer with `msg_controllen`
             // bytes of well-formed cmsgs.
             let meta = unsafe { read_meta(m) };
-            // Read even past the end: the kernel installed copies of every peeked
+            // Read even when dropped: the kernel installed copies of every peeked
             // record's descriptors, and dropping `meta` closes them.
-            if ended {
-                continue;
+            if meta.len > 0 {
+                out.push(meta);
             }
-            if meta.len == 0 && meta.fds.is_empty() && meta.uid.is_none() {
-                // A zero-length read with nothing attached: the peer closed its end.
-                ended = true;
-                continue;
-            }
-            out.push(meta);
         }
-        if ended && out.is_empty() {
+        if n > 0 && out.is_empty() && peer_gone(fd) {
             return Err(Errno::PIPE);
         }
         Ok(out)
     }
+}
+
+/// Whether the peer of a connected socket has closed or shut down its end.
+fn peer_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).map_or(true, |n| {
+        n > 0
+            && fds[0]
+                .revents()
+                .intersects(rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP)
+    })
 }
 
 /// Reads one peeked record's length, descriptors and credentials.
@@ -187,10 +207,11 @@ unsafe fn read_meta(m: &libc::mmsghdr) -> Meta {
     meta
 }
 
-/// Ends a batch of `peeked` records: consumes the first `taken` from the head of the
-/// queue without taking their descriptors (the kernel drops its references; the peeked
-/// copies are what the caller keeps), and, when some peeked records stay queued, moves
-/// the peek offset back to the head, since it has stepped past them.
+/// Ends a batch of `peeked` records (with bytes, as `peek` hands them out): consumes the
+/// first `taken` from the head of the queue without taking their descriptors (the kernel
+/// drops its references; the peeked copies are what the caller keeps), and, when some
+/// peeked records stay queued, moves the peek offset back to the head, since it has
+/// stepped past them.
 pub(super) fn consume(fd: BorrowedFd<'_>, taken: usize, peeked: usize) -> Result<(), Errno> {
     consume_records(fd, taken)?;
     if taken < peeked {
@@ -199,31 +220,40 @@ pub(super) fn consume(fd: BorrowedFd<'_>, taken: usize, peeked: usize) -> Result
     Ok(())
 }
 
+/// Receives `count` records with bytes from the head of the queue, and every empty
+/// record before and among them.
 fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
     // SAFETY: mmsghdr is plain data; all-zero is a valid empty header (no iov, no
     // control), so each record is consumed whole (seqpacket) and truncated to nothing.
     let mut msgs: [libc::mmsghdr; MAX_RECORDS] = unsafe { std::mem::zeroed() };
-    let count = count.min(MAX_RECORDS);
     let mut done = 0;
     while done < count {
-        // SAFETY: `msgs[done..]` are empty headers (no iov, no control) owned by us.
+        // Never more records than are still owed: each may be one with bytes.
+        let want = (count - done).min(MAX_RECORDS);
+        // SAFETY: `msgs[..want]` are empty headers (no iov, no control) owned by us.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
-                msgs[done..].as_mut_ptr(),
-                (count - done) as _,
-                libc::MSG_DONTWAIT,
+                msgs.as_mut_ptr(),
+                want as _,
+                // MSG_TRUNC: each entry's length is its record's, not what was copied.
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                 std::ptr::null_mut(),
             )
         };
-        if n > 0 {
-            done += n as usize;
-            continue;
+        if n < 0 {
+            match last_errno() {
+                Errno::INTR => continue,
+                e => return Err(e),
+            }
         }
-        match last_errno() {
-            Errno::INTR => {}
-            e => return Err(e),
+        let with_bytes = msgs[..n as usize].iter().filter(|m| m.msg_len > 0).count();
+        // Only empty records, or the end of the stream: if no byte is left either, the
+        // records the caller peeked are gone (another holder of the socket took them).
+        if with_bytes == 0 && rustix::io::ioctl_fionread(fd)? == 0 {
+            return Err(Errno::PIPE);
         }
+        done += with_bytes;
     }
     Ok(())
 }
@@ -248,6 +278,7 @@ pub(super) fn set_peek_off(fd: BorrowedFd<'_>, off: i32) -> Result<(), Errno> {
     }
 }
 
-fn last_errno() -> Errno {
+/// The calling thread's errno, right after a raw call returned -1.
+pub(super) fn last_errno() -> Errno {
     Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)
 }

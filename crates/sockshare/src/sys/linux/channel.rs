@@ -160,7 +160,7 @@ impl Channel {
             0 => self.resolve_peer()?,
             pid => pid,
         };
-        let (_, info) = ProtocolInfo::for_share_w(kind, peer, super::source::next_token()?);
+        let (_, info) = ProtocolInfo::for_share_w(kind, peer, super::source::next_secret()?);
         let mut record = [0u8; RECORD_LEN];
         record[..HEADER_LEN].copy_from_slice(&header(SOCKET));
         record[HEADER_LEN..].copy_from_slice(&info);

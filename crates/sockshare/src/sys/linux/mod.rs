@@ -1,28 +1,49 @@
 //! The Linux backend.
 //!
 //! A target's session owns an abstract-namespace Unix `SOCK_SEQPACKET` listener named
-//! `sockshare/v1/<pid>` and one thread that serves it ([`target`]). A source's
-//! `duplicate` connects to it once per target (the session checks the source's
-//! credentials against its policy and answers), then pushes each socket with
-//! `SCM_RIGHTS` together with a random single-use token ([`source`]). When `sendmsg`
-//! returns, the socket is in the target's receive queue: the kernel holds it for the
-//! target, so the source may close or exit at once. The session's thread drains the
-//! queue into a table of pending sockets keyed by token; `redeem` takes the entry out.
+//! `sockshare/v2/<pid>.<start time>.<i>` and one thread that serves it ([`target`]). A
+//! source's `duplicate` connects to it once per target, makes sure the process behind
+//! it is the live process it was asked for (below), and is admitted or refused by the
+//! session's policy; it then pushes each socket with `SCM_RIGHTS` together with a random
+//! single-use secret ([`source`]). When `sendmsg` returns, the socket is in the target's
+//! receive queue: the kernel holds it for the target, so the source may close or exit at
+//! once. The session's thread drains the queue into a table of pending sockets keyed by
+//! the token derived from the secret ([`wire::token_of`]); `redeem` takes the entry out.
 //!
 //! Why this shape:
-//! - abstract names live in the network namespace, so a target in another one is not
-//!   found; `SO_PEERCRED` gives the listener's pid as the source sees it, so a listener
-//!   in another pid namespace is refused: never delivery to the wrong process;
-//! - a descriptor that does not fit in the receiver's table is closed by the kernel
+//! - **Who is behind a name (S19).** A name is only a name: anyone may bind it, and a
+//!   listener may be handed to another process. So the source checks three things, each
+//!   by the kernel's word: `SO_PEERCRED` (the listener was made by pid P, as this process
+//!   numbers pids, so a listener in another pid namespace is refused); where the kernel
+//!   has `SO_PEERPIDFD` (Linux 6.5), that the listener's maker is still alive, so not a
+//!   dead process whose pid P was reused; and, on every kernel, the credentials the kernel
+//!   attaches to the session's answer (`SO_PASSCRED`: the sender's pid, which a process
+//!   without `CAP_SYS_ADMIN` cannot forge), so the process that accepted the connection,
+//!   and will receive what is pushed on it, is P itself and not a process P or a dead
+//!   P's heir handed the listener to.
+//! - **Squatting (S19, S25).** The name holds the target's start time (clock ticks since
+//!   boot, from `/proc/<pid>/stat`), so nobody can bind it before the process exists,
+//!   and it changes when the pid is reused. A squatter who binds the name of a live
+//!   process before its session starts only pushes it to the next of
+//!   [`ENDPOINT_NAMES`] indices; sources try them in turn and skip impostors.
+//! - Abstract names live in the network namespace, so a target in another one is not
+//!   found.
+//! - A descriptor that does not fit in the receiver's table is closed by the kernel
 //!   during `recvmsg`; the session therefore peeks (which installs copies and leaves the
-//!   message queued) and consumes only once the copies are safely installed;
-//! - fork: the child must not hold the parent's pending sockets (the peer would never see
-//!   EOF) nor reuse its random tokens, so `pthread_atfork` handlers close them in the child.
-//!   The handlers lock the backend's mutexes before the fork and release them after it in
-//!   both processes. These are std's futex mutexes: releasing one in the child is one
-//!   atomic store (and at most a wake-up nobody waits for). A lock with process-wide
-//!   bookkeeping (parking_lot's table of parked threads) can be inherited mid-update from
-//!   a thread the child does not have, and the child then hangs on it.
+//!   message queued) and consumes only once the copies are safely installed.
+//! - **Fork (S15, S24).** A child must not hold its parent's pending sockets (the peer
+//!   would never see EOF), redeem its infos, or reuse its random secrets. `pthread_atfork`
+//!   handlers close the inherited session in the child. The handlers lock the backend's
+//!   mutexes before the fork and release them after it in both processes. These are std's
+//!   futex mutexes: releasing one in the child is one atomic store (and at most a wake-up
+//!   nobody waits for). A child made without the handlers (glibc's `_Fork`, a raw
+//!   `clone`) is noticed by a page the kernel zeroes in every child (`MADV_WIPEONFORK`)
+//!   that holds this process's pid: the first call into sockshare in such a child reads
+//!   0, and closes what it inherited before anything else. Until that call the child
+//!   holds the inherited descriptors (nothing can close them for it).
+//!
+//! Lock order, for every thread and the fork handlers: `target::REGISTRY`, then a
+//! session's `door`, then its `inner`; `source::LINKS` is taken alone.
 
 mod batch;
 mod channel;
@@ -35,8 +56,9 @@ mod wire;
 pub(crate) use wire::fuzzing;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 use rustix::io::Errno;
@@ -54,16 +76,33 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// This process's id, kept once the fork handlers are installed (the child's handler
-/// renews it), so redeem's check costs no system call.
-static PID: AtomicU32 = AtomicU32::new(0);
+/// The pid-holding page (see the module docs), mapped once the fork handlers are in.
+static MARK: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The id of the calling process.
+/// The id of the calling process. Costs one load where the kernel zeroes the mark page
+/// in children (`MADV_WIPEONFORK`, Linux 4.14), a system call elsewhere.
 pub(crate) fn current_pid() -> u32 {
-    match PID.load(Ordering::Relaxed) {
-        0 => getpid(),
-        pid => pid,
+    // SAFETY: a non-null MARK points into a page mapped once and never unmapped.
+    match unsafe { MARK.load(Ordering::Acquire).as_ref() } {
+        Some(mark) => match mark.load(Ordering::Relaxed) {
+            0 => adopt_new_process(mark),
+            pid => pid,
+        },
+        None => getpid(),
     }
+}
+
+/// In a child that the fork handlers did not run in: closes what it inherited of its
+/// parent's sessions and connections, as the child handler would have, then marks the
+/// page with the child's pid. A lock that another thread of the parent held at the fork
+/// stays held in the child; the state behind it is then left alone (sockshare stays
+/// unusable in that child, which POSIX allows nothing of anyway).
+fn adopt_new_process(mark: &AtomicU32) -> u32 {
+    let pid = getpid();
+    source::forget_inherited();
+    target::abandon_inherited();
+    mark.store(pid, Ordering::Relaxed);
+    pid
 }
 
 fn getpid() -> u32 {
@@ -136,11 +175,132 @@ pub(super) fn peer_cred(fd: BorrowedFd<'_>) -> std::result::Result<libc::ucred, 
     }
 }
 
-/// The abstract socket name of `pid`'s session endpoint.
-pub(super) fn endpoint_address(pid: u32) -> io::Result<rustix::net::SocketAddrUnix> {
-    Ok(rustix::net::SocketAddrUnix::new_abstract_name(
-        format!("sockshare/v1/{pid}").as_bytes(),
-    )?)
+/// How many names a session may bind: it takes the first one free.
+pub(super) const ENDPOINT_NAMES: u32 = 16;
+
+/// The abstract socket name number `index` of the session of process `pid` started at
+/// `start` (see [`start_time`]).
+pub(super) fn endpoint_address(
+    pid: u32,
+    start: u64,
+    index: u32,
+) -> io::Result<rustix::net::SocketAddrUnix> {
+    rustix::net::SocketAddrUnix::new_abstract_name(
+        format!("sockshare/v2/{pid}.{start}.{index}").as_bytes(),
+    )
+    .map_err(Into::into)
+}
+
+/// When process `pid` (this one for `None`) started, in clock ticks since boot: field
+/// 22 of `/proc/<pid>/stat` (proc_pid_stat(5)). Fails when the process does not exist.
+pub(super) fn start_time(pid: Option<u32>) -> io::Result<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path)?;
+    // The command name, field 2, is in parentheses and may hold anything, parentheses
+    // and spaces included: count fields after its last ')'. Field 22 is the 20th there.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))
+}
+
+/// Whether the process that made the peer of `fd` (a listener's maker, for a connected
+/// socket) is still alive, from `SO_PEERPIDFD` (Linux 6.5); `None` where the kernel does
+/// not tell.
+pub(super) fn peer_alive(fd: BorrowedFd<'_>) -> Option<bool> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `pidfd` is a writable int of `len` bytes; `fd` is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        // ESRCH: the maker is gone (kernels that cannot name a dead process). Anything
+        // else (ENOPROTOOPT before 6.5): no answer.
+        return (io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)).then_some(false);
+    }
+    // SAFETY: on success the kernel installed a new pidfd for us alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // A pidfd polls readable once its process has exited (pidfd_open(2)).
+    Some(!wait_ready(&pidfd, rustix::event::PollFlags::IN, Duration::ZERO).unwrap_or(true))
+}
+
+/// The pid in the `SCM_CREDENTIALS` of a record received on `fd` (which has
+/// `SO_PASSCRED`), with its bytes; waits at most `timeout`. `Ok(None)` on timeout. The pid
+/// is 0 when the sender is in a pid namespace this process cannot see.
+pub(super) fn recv_with_sender(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> std::result::Result<Option<(usize, Option<u32>)>, Errno> {
+    if !wait_ready(&fd, rustix::event::PollFlags::IN, timeout)? {
+        return Ok(None);
+    }
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: the iovec and control buffer point into live, exclusively borrowed
+        // buffers of the sizes given; MSG_CMSG_CLOEXEC covers descriptors nobody sends.
+        let n = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        match batch::last_errno() {
+            Errno::INTR => {}
+            e => return Err(e),
+        }
+    };
+    // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
+    // well-formed cmsgs; the macros stay inside it and the data is read unaligned.
+    let pid = unsafe {
+        let mut pid = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                    let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                    pid = Some(cred.pid as u32);
+                }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for k in 0..payload / 4 {
+                        let raw = std::ptr::read_unaligned(data.cast::<i32>().add(k));
+                        // Nobody should send descriptors here: close them.
+                        drop(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        pid
+    };
+    Ok(Some((n, pid)))
 }
 
 /// Waits until `fd` is ready for `events`, for at most `timeout`. `Ok(false)` on timeout.
@@ -149,13 +309,16 @@ pub(super) fn wait_ready(
     events: rustix::event::PollFlags,
     timeout: std::time::Duration,
 ) -> std::result::Result<bool, Errno> {
-    let timeout = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
-        tv_sec: 1,
-        tv_nsec: 0,
-    });
+    let deadline = Instant::now() + timeout;
     let mut fds = [rustix::event::PollFd::new(fd, events)];
     loop {
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
+        // What is left of the wait, so a signal does not restart it whole.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let left = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        match rustix::event::poll(&mut fds, Some(&left)) {
             Ok(n) => return Ok(n > 0),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e),
@@ -163,7 +326,7 @@ pub(super) fn wait_ready(
     }
 }
 
-/// Installs the fork handlers once per process (see the module docs).
+/// Installs the fork handlers and the mark page once per process (see the module docs).
 pub(super) fn install_fork_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -176,14 +339,44 @@ pub(super) fn install_fork_handlers() {
                 Some(after_fork_child),
             )
         };
-        // pthread_atfork fails only with ENOMEM; without the handlers a forked child would
-        // keep copies of pending sockets, which the tests of S15 would catch. The pid is
-        // kept only when the child's handler will renew it.
+        // pthread_atfork fails only with ENOMEM; without the handlers the mark page is
+        // what notices a child, so it is mapped either way.
         debug_assert_eq!(rc, 0);
-        if rc == 0 {
-            PID.store(getpid(), Ordering::Relaxed);
+        if let Some(mark) = map_mark() {
+            mark.store(getpid(), Ordering::Relaxed);
+            MARK.store((mark as *const AtomicU32).cast_mut(), Ordering::Release);
         }
     });
+}
+
+/// Maps the page the kernel zeroes in every child; `None` where it cannot (before Linux
+/// 4.14), and `current_pid` then asks the kernel every time.
+fn map_mark() -> Option<&'static AtomicU32> {
+    let page = rustix::param::page_size();
+    // SAFETY: a fresh private anonymous mapping, at an address the kernel picks; nothing
+    // else refers to it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: `addr` is the page just mapped; the advice only changes what a child sees.
+    if unsafe { libc::madvise(addr, page, libc::MADV_WIPEONFORK) } != 0 {
+        // SAFETY: unmapping the page mapped above, which nothing refers to.
+        unsafe { libc::munmap(addr, page) };
+        return None;
+    }
+    // SAFETY: the page is zeroed, aligned, writable, never unmapped, and only ever
+    // accessed through this atomic.
+    Some(unsafe { &*addr.cast::<AtomicU32>() })
 }
 
 extern "C" fn before_fork() {
@@ -197,7 +390,10 @@ extern "C" fn after_fork_parent() {
 }
 
 extern "C" fn after_fork_child() {
-    PID.store(getpid(), Ordering::Relaxed);
+    // SAFETY: as in `current_pid`.
+    if let Some(mark) = unsafe { MARK.load(Ordering::Acquire).as_ref() } {
+        mark.store(getpid(), Ordering::Relaxed);
+    }
     source::after_fork(true);
     target::after_fork(true);
 }

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 /// up to 4,096 buckets stayed at its cost with one entry; at 8,192 it tripled.
 const RECENT: usize = 2048;
 
-/// Pending entries by token, each with the tag of the info it was pushed with.
+/// Pending entries by token, each with the packed kind (`wire::pack_kind`) it was pushed with.
 pub(super) struct Table<V> {
     recent: HashMap<u64, Slot<V>>,
     old: HashMap<u64, Slot<V>>,
@@ -25,11 +25,11 @@ pub(super) struct Table<V> {
 }
 
 struct Slot<V> {
-    tag: u32,
+    kind: u32,
     value: V,
 }
 
-/// The token is pending, but under another tag: the info was altered after duplicate.
+/// The token is pending, but for a socket of another kind: the info was altered after duplicate.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Altered;
 
@@ -46,11 +46,11 @@ impl<V> Table<V> {
         self.recent.len() + self.old.len()
     }
 
-    /// Removes and returns the entry for `token`, if it is pending under `tag`.
-    pub(super) fn take(&mut self, token: u64, tag: u32) -> Result<Option<V>, Altered> {
+    /// Removes and returns the entry for `token`, if it is pending under `kind`.
+    pub(super) fn take(&mut self, token: u64, kind: u32) -> Result<Option<V>, Altered> {
         for table in [&mut self.recent, &mut self.old] {
             match table.entry(token) {
-                Entry::Occupied(e) if e.get().tag == tag => return Ok(Some(e.remove().value)),
+                Entry::Occupied(e) if e.get().kind == kind => return Ok(Some(e.remove().value)),
                 Entry::Occupied(_) => return Err(Altered),
                 Entry::Vacant(_) => {}
             }
@@ -60,14 +60,14 @@ impl<V> Table<V> {
 
     /// Adds an entry, or gives `value` back if `token` is pending already: a source reusing
     /// a live token breaks the protocol, and the entry that came first stays.
-    pub(super) fn insert(&mut self, token: u64, tag: u32, value: V) -> Option<V> {
+    pub(super) fn insert(&mut self, token: u64, kind: u32, value: V) -> Option<V> {
         if self.old.contains_key(&token) {
             return Some(value);
         }
         match self.recent.entry(token) {
             Entry::Occupied(_) => return Some(value),
             Entry::Vacant(v) => {
-                v.insert(Slot { tag, value });
+                v.insert(Slot { kind, value });
             }
         }
         self.arrivals.push_back(token);

@@ -1,12 +1,11 @@
 //! The source side: one connection per target process, kept for later duplicates, and the
-//! push of a socket with its token.
+//! push of a socket with its secret.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,10 @@ use rustix::net::{
 };
 
 use super::wire::{self, Entry, Verdict};
-use super::{endpoint_address, lock, os_error, peer_cred, wait_ready};
+use super::{
+    endpoint_address, lock, os_error, peer_alive, peer_cred, recv_with_sender, start_time,
+    wait_ready, ENDPOINT_NAMES,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind};
 
@@ -29,9 +31,6 @@ const FULL_QUEUE_WAIT: Duration = Duration::from_millis(100);
 /// Connections to targets' sessions, by target pid.
 type Links = Option<HashMap<u32, Arc<OwnedFd>>>;
 static LINKS: Mutex<Links> = Mutex::new(None);
-
-/// Bumped in every forked child, so it draws tokens of its own, never its parent's.
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn duplicate(fd: BorrowedFd<'_>, target_pid: u32) -> Result<ProtocolInfo> {
     let kind = super::socket_kind(fd)?;
@@ -66,18 +65,23 @@ fn push_chunk(
 ) -> Result<()> {
     check_target(target_pid)?;
     let mut retried = false;
-    let mut entries = [Entry { token: 0, tag: 0 }; wire::MAX_FDS];
+    let mut entries = [Entry { secret: 0, kind: 0 }; wire::MAX_FDS];
+    for (entry, &kind) in entries.iter_mut().zip(kinds) {
+        entry.kind = wire::pack_kind(kind).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("sockshare cannot share a socket of this kind ({kind:?})"),
+            )
+        })?;
+    }
     let before = infos.len();
     loop {
         let (link, fresh) = link_to(target_pid)?;
         infos.truncate(before);
         for (entry, &kind) in entries.iter_mut().zip(kinds) {
-            let info = ProtocolInfo::for_share(kind, target_pid, next_token()?);
-            *entry = Entry {
-                token: info.token(),
-                tag: info.tag(),
-            };
-            infos.push(info);
+            entry.secret = next_secret()?;
+            let token = wire::token_of(entry.secret);
+            infos.push(ProtocolInfo::for_share(kind, target_pid, token));
         }
         match push(&link, &entries[..fds.len()], fds) {
             Ok(()) => return Ok(()),
@@ -208,59 +212,91 @@ fn forget_link(pid: u32, link: &Arc<OwnedFd>) {
     }
 }
 
+/// Connects to `pid`'s session: to the first of its names whose endpoint is that live
+/// process (see the module docs of `linux`), and returns the admitted connection.
 fn connect(pid: u32) -> Result<OwnedFd> {
-    let no_session = |e: Option<Errno>| {
-        let err = Error::new(
-            ErrorKind::Invalid,
-            format!(
-                "process {pid} has no sockshare session reachable from here: it does not \
-                 exist, has not started a Session (WSAStartup), or runs in another network \
-                 or pid namespace"
-            ),
-        );
-        match e {
-            Some(e) => err.with_source(e.into()),
-            None => err,
+    // The start time names the process, not just its pid: a reused pid has another.
+    let start = start_time(Some(pid)).map_err(|e| match e.raw_os_error() {
+        // No such process (or one this process may not see).
+        Some(libc::ENOENT | libc::ESRCH) | None => no_session(pid, false).with_source(e),
+        Some(_) => os_error("reading the target's start time in /proc", e),
+    })?;
+    let (mut impostor, mut busy) = (false, None);
+    for index in 0..ENDPOINT_NAMES {
+        match attempt(pid, start, index)? {
+            Attempt::Admitted(sock) => return Ok(sock),
+            Attempt::Absent => {}
+            Attempt::Impostor => impostor = true,
+            Attempt::Busy(e) => busy = Some(e),
         }
+    }
+    Err(match busy {
+        Some(e) => Error::new(
+            ErrorKind::NoBufferSpace,
+            format!("process {pid}'s session has too many connections waiting"),
+        )
+        .with_source(e.into()),
+        None => no_session(pid, impostor),
+    })
+}
+
+fn no_session(pid: u32, impostor: bool) -> Error {
+    let squatted = if impostor {
+        " (a name its session would use is held by another process, which was refused)"
+    } else {
+        ""
     };
+    Error::new(
+        ErrorKind::Invalid,
+        format!(
+            "process {pid} has no sockshare session reachable from here: it does not \
+             exist, has not started a Session (WSAStartup), or runs in another network \
+             or pid namespace{squatted}"
+        ),
+    )
+}
+
+/// What one of a target's names led to.
+enum Attempt {
+    Admitted(OwnedFd),
+    /// Nobody listens there.
+    Absent,
+    /// Somebody does, but not the live process the source asked for.
+    Impostor,
+    /// The listener's queue of connections is full.
+    Busy(Errno),
+}
+
+fn attempt(pid: u32, start: u64, index: u32) -> Result<Attempt> {
+    // Nonblocking: a listener that never accepts (a squatter's) must not hold the source.
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )
     .map_err(|e| os_error("creating a socket to reach the target", e))?;
-    let timeout = Some(HANDSHAKE_TIMEOUT);
-    use rustix::net::sockopt::{set_socket_timeout, Timeout};
-    set_socket_timeout(&sock, Timeout::Send, timeout)
-        .and_then(|()| set_socket_timeout(&sock, Timeout::Recv, timeout))
-        .map_err(|e| os_error("configuring the connection to the target", e))?;
-    let addr = endpoint_address(pid).map_err(|e| os_error("naming the target", e))?;
-    match restarting(|| rustix::net::connect(&sock, &addr)) {
+    // Before connecting, so the session's answer carries its sender's credentials.
+    rustix::net::sockopt::set_socket_passcred(&sock, true)
+        .map_err(|e| os_error("asking for the target's credentials", e))?;
+    let addr = endpoint_address(pid, start, index).map_err(|e| os_error("naming the target", e))?;
+    match rustix::net::connect(&sock, &addr) {
         Ok(()) => {}
-        Err(e @ (Errno::CONNREFUSED | Errno::NOENT)) => return Err(no_session(Some(e))),
-        Err(e @ Errno::AGAIN) => {
-            return Err(Error::new(
-                ErrorKind::NoBufferSpace,
-                format!("process {pid}'s session has too many connections waiting"),
-            )
-            .with_source(e.into()))
-        }
+        Err(Errno::CONNREFUSED | Errno::NOENT) => return Ok(Attempt::Absent),
+        Err(e @ Errno::AGAIN) => return Ok(Attempt::Busy(e)),
         Err(e) => return Err(os_error("connecting to the target's session", e)),
     }
-    // The name is only a name: make sure the session behind it is the process we were
-    // asked for (a listener in another pid namespace shows up as another pid, or 0).
+    // The listener was made by pid P as this process numbers pids (a listener in another
+    // pid namespace shows up as another pid, or 0), and its maker still lives.
     let cred =
         peer_cred(sock.as_fd()).map_err(|e| os_error("reading the target's credentials", e))?;
-    if cred.pid as u32 != pid {
-        return Err(no_session(None));
+    if cred.pid as u32 != pid || peer_alive(sock.as_fd()) == Some(false) {
+        return Ok(Attempt::Impostor);
     }
     let mut buf = [0u8; wire::HEADER_LEN + 1];
-    let received =
-        restarting(|| rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty()));
-    let verdict = match received {
-        Ok((got, _)) => wire::parse_reply(&buf[..got]),
-        Err(Errno::AGAIN) => {
+    let (got, sender) = match recv_with_sender(sock.as_fd(), &mut buf, HANDSHAKE_TIMEOUT) {
+        Ok(Some(answer)) => answer,
+        Ok(None) => {
             return Err(Error::new(
                 ErrorKind::NetDown,
                 format!(
@@ -270,11 +306,16 @@ fn connect(pid: u32) -> Result<OwnedFd> {
             ))
         }
         // The target ended (or died) between our connect and its answer.
-        Err(e) if is_disconnect(e) => return Err(no_session(Some(e))),
+        Err(e) if is_disconnect(e) => return Ok(Attempt::Absent),
         Err(e) => return Err(os_error("waiting for the target's answer", e)),
     };
-    match verdict {
-        Some(Verdict::Accepted) => Ok(sock),
+    // Whoever answered holds the connection, and receives what is pushed on it: it must
+    // be P itself, not a process P (or a dead P) handed the listener to.
+    if sender != Some(pid) {
+        return Ok(Attempt::Impostor);
+    }
+    match wire::parse_reply(&buf[..got]) {
+        Some(Verdict::Accepted) => Ok(Attempt::Admitted(sock)),
         Some(Verdict::Refused) => Err(Error::new(
             ErrorKind::Invalid,
             format!(
@@ -287,37 +328,25 @@ fn connect(pid: u32) -> Result<OwnedFd> {
             ErrorKind::NoBufferSpace,
             format!("process {pid}'s session has no room for another source connection"),
         )),
-        None => Err(no_session(None)),
+        None => Ok(Attempt::Impostor),
     }
 }
 
-/// Runs `call` again when a signal handler interrupted it. On a socket with a timeout,
-/// as the handshake's, the kernel restarts no call after a handler, even under
-/// SA_RESTART (signal(7)): without this, any signal a program handles could fail
-/// `duplicate` with WSAENETDOWN.
-fn restarting<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
-    loop {
-        match call() {
-            Err(Errno::INTR) => {}
-            r => return r,
-        }
-    }
-}
-
-use std::os::fd::AsFd;
 
 thread_local! {
-    static TOKENS: RefCell<(u64, Vec<u64>)> = const { RefCell::new((0, Vec::new())) };
+    /// Random secrets drawn ahead, with the pid of the process that drew them.
+    static SECRETS: RefCell<(u32, Vec<u64>)> = const { RefCell::new((0, Vec::new())) };
 }
 
-/// A fresh random token. Drawn from a per-thread pool refilled by `getrandom`, so the
-/// hot path makes no system call for it.
-pub(super) fn next_token() -> Result<u64> {
-    TOKENS.with_borrow_mut(|(generation, pool)| {
-        let now = FORK_GENERATION.load(Ordering::Relaxed);
-        if *generation != now {
+/// A fresh random secret. Drawn from a per-thread pool refilled by `getrandom`, so the
+/// hot path makes no system call for it. The pool is for the process that drew it: a
+/// forked child (with or without fork handlers) draws its own, never its parent's.
+pub(super) fn next_secret() -> Result<u64> {
+    let me = super::current_pid();
+    SECRETS.with_borrow_mut(|(owner, pool)| {
+        if *owner != me {
             pool.clear();
-            *generation = now;
+            *owner = me;
         }
         if let Some(t) = pool.pop() {
             return Ok(t);
@@ -331,7 +360,7 @@ pub(super) fn next_token() -> Result<u64> {
             ) {
                 Ok(n) => filled += n,
                 Err(Errno::INTR) => {}
-                Err(e) => return Err(os_error("drawing a random token", e)),
+                Err(e) => return Err(os_error("drawing a random secret", e)),
             }
         }
         let mut words = bytes.chunks_exact(8).map(|c| {
@@ -356,8 +385,30 @@ pub(super) fn before_fork() {
 }
 
 pub(super) fn after_fork(child: bool) {
-    if child {
-        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    let held = HELD.with(|h| h.borrow_mut().take());
+    if let (true, Some(mut links)) = (child, held) {
+        close_inherited(&mut links);
     }
-    drop(HELD.with(|h| h.borrow_mut().take()));
+}
+
+/// In a child the fork handlers did not run in: closes the parent's connections, unless
+/// a thread the child does not have held them at the fork.
+pub(super) fn forget_inherited() {
+    if let Ok(mut links) = LINKS.try_lock() {
+        close_inherited(&mut links);
+    }
+}
+
+/// Closes a forked child's copies of its parent's connections (they carry the parent's
+/// credentials; the child makes its own), without freeing memory: only
+/// async-signal-safe work in a child.
+fn close_inherited(links: &mut Links) {
+    if let Some(map) = links.take() {
+        for link in map.values() {
+            // SAFETY: the child's copy of a descriptor the map owns; the map is leaked
+            // below, so no OwnedFd closes the number again.
+            unsafe { libc::close(link.as_raw_fd()) };
+        }
+        std::mem::forget(map);
+    }
 }

@@ -1,10 +1,23 @@
 //! The target side: the session endpoint, its serving thread, and the table of pending
 //! sockets.
+//!
+//! Who touches what: the session's thread alone accepts and admits sources, under the
+//! `door` lock, and takes `inner` (the table and the connections) only to add an admitted
+//! connection or to drain. A redeem takes `inner` alone. So a flood of connections, which
+//! the thread must refuse one by one, never holds up a redeem (S25).
+//!
+//! Capacity (S22): the table never holds more than the session's capacity. What does not
+//! fit stays in the kernel's queues (sources soon get `WSAENOBUFS`). A redeem whose
+//! socket waits there, behind others, *seeks* it: it peeks the queues record by record
+//! without consuming them, takes its own socket's copy, and leaves a tombstone on the
+//! connection, so that when the record is drained later that socket is closed instead of
+//! being pending a second time. A redeem of an info that is used, foreign or forged finds
+//! nothing and costs no descriptor.
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,10 +28,10 @@ use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 use super::batch::{self, Batch, Meta};
 use super::pending::{Altered, Table};
 use super::wire::{self, Verdict};
-use super::{endpoint_address, lock, os_error, peer_cred};
+use super::{endpoint_address, lock, os_error, peer_cred, start_time, ENDPOINT_NAMES};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::ProtocolInfo;
-use crate::session::{SessionOptions, DEFAULT_CAPACITY};
+use crate::session::{Policy, SessionOptions, DEFAULT_CAPACITY};
 
 /// How often a session out of descriptors retries receiving.
 const RETRY: Duration = Duration::from_millis(20);
@@ -50,6 +63,28 @@ fn default_capacity() -> usize {
     })
 }
 
+/// The uid that stands for "not mapped here" in this user namespace, if it is not a
+/// mapped uid itself: the kernel shows a peer whose uid has no mapping in this namespace
+/// as the overflow uid (user_namespaces(7)), which must never pass for the target's user
+/// or any listed one (S23).
+fn unmapped_uid() -> Option<u32> {
+    let overflow: u32 = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65534);
+    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    let mapped = map.lines().any(|line| {
+        let mut words = line.split_whitespace().map(|w| w.parse::<u64>().ok());
+        match (words.next(), words.next(), words.next()) {
+            (Some(Some(inside)), Some(Some(_)), Some(Some(count))) => {
+                (inside..inside + count).contains(&u64::from(overflow))
+            }
+            _ => false,
+        }
+    });
+    (!mapped).then_some(overflow)
+}
+
 const LISTENER_KEY: u64 = 0;
 const WAKE_KEY: u64 = 1;
 const CONN_BASE: u64 = 2;
@@ -70,25 +105,42 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 struct Endpoint {
     pid: u32,
     options: SessionOptions,
+    /// See [`unmapped_uid`].
+    unmapped_uid: Option<u32>,
     epoll: OwnedFd,
     wake: OwnedFd,
     stopping: AtomicBool,
+    door: Mutex<Door>,
     inner: Mutex<Inner>,
 }
 
-struct Inner {
-    /// Set when the session ended or this is a forked child's stale copy.
-    closed: bool,
+/// What admitting sources needs; only the session's thread uses it while the session runs.
+struct Door {
     listener: Option<OwnedFd>,
     /// A spare descriptor, closed to make room for accepting a source when the process is
     /// out of descriptors: the source then gets its info, and the socket waits in the
     /// kernel's queue until the target can receive it (S10), instead of timing out.
     reserve: Option<OwnedFd>,
+    /// Accepting failed for want of descriptors; the thread retries on a timer.
+    out_of_fds: bool,
+}
+
+/// One admitted source connection.
+struct Conn {
+    fd: OwnedFd,
+    /// Tokens of sockets a redeem took from this connection's queue before the session
+    /// drained them (see the module docs): their records still hold them.
+    tombstones: Vec<u64>,
+}
+
+struct Inner {
+    /// Set when the session ended or this is a forked child's stale copy.
+    closed: bool,
     /// Source connections; the slot index plus `CONN_BASE` is the epoll key.
-    conns: Vec<Option<OwnedFd>>,
+    conns: Vec<Option<Conn>>,
     live_conns: usize,
     pending: Table<OwnedFd>,
-    /// The most sockets `pending` takes in before sources are held back.
+    /// The most sockets `pending` holds.
     capacity: usize,
     /// Draining stopped because the process is out of descriptors; the thread retries.
     out_of_fds: bool,
@@ -96,6 +148,8 @@ struct Inner {
     last_redeem: Option<Instant>,
     /// Buffers for receiving pushes, many records per system call.
     batch: Batch,
+    /// Buffers for seeking, one record at a time (made on first use).
+    seek: Option<Batch>,
 }
 
 /// A handle on this process's session.
@@ -108,13 +162,16 @@ impl Session {
     /// runs (or starts one with the defaults); `Some` must match a running session's.
     pub(crate) fn start(options: Option<&SessionOptions>) -> Result<Session> {
         super::install_fork_handlers();
+        // Before the registry's lock: in a child made without fork handlers this closes
+        // the inherited session, which takes that lock.
+        let pid = super::current_pid();
         let mut reg = lock(&REGISTRY);
         if let Some(ep) = reg.endpoint.clone() {
             ep.options.check_join(options)?;
             reg.refs += 1;
             return Ok(Session { endpoint: ep });
         }
-        let endpoint = Arc::new(Endpoint::bind(options.cloned().unwrap_or_default())?);
+        let endpoint = Arc::new(Endpoint::bind(pid, options.cloned().unwrap_or_default())?);
         let serving = endpoint.clone();
         let thread = std::thread::Builder::new()
             .name("sockshare-session".into())
@@ -153,18 +210,23 @@ impl Session {
         // The calling process, not the session's: in a forked child they differ.
         let me = super::current_pid();
         crate::session::check_made_for(info.target_pid(), me)?;
+        let token = info.token();
+        let kind = wire::pack_kind(info.kind()).ok_or_else(nothing_pending)?;
         let mut inner = lock(&ep.inner);
         if inner.closed {
             return Err(not_initialised());
         }
         inner.last_redeem = Some(Instant::now());
-        if let Some(fd) = inner.take(info)? {
+        if let Some(fd) = inner.take(token, kind)? {
             return Ok(fd);
         }
         // The socket was pushed before the info was made, so if it is genuine it is queued
-        // on a connection the thread has not drained yet.
-        inner.drain_all(Some(info.token()));
-        if let Some(fd) = inner.take(info)? {
+        // on a connection the thread has not drained yet, or behind a full table.
+        inner.drain_all(Some(token));
+        if let Some(fd) = inner.take(token, kind)? {
+            return Ok(fd);
+        }
+        if let Some(fd) = inner.seek(token, kind)? {
             return Ok(fd);
         }
         if inner.out_of_fds {
@@ -174,12 +236,16 @@ impl Session {
                  pending: close a descriptor (or raise RLIMIT_NOFILE) and redeem again",
             ));
         }
-        Err(Error::new(
-            ErrorKind::Invalid,
-            "no socket is pending for this protocol info: it was already used, the session \
-             it was made for has ended, or it was made in another session",
-        ))
+        Err(nothing_pending())
     }
+}
+
+fn nothing_pending() -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        "no socket is pending for this protocol info: it was already used, the session \
+         it was made for has ended, or it was made in another session",
+    )
 }
 
 impl Drop for Session {
@@ -207,13 +273,15 @@ impl Drop for Session {
         if let Some(t) = thread {
             let _ = t.join();
         }
+        let mut door = lock(&ep.door);
+        door.listener = None;
+        door.reserve = None;
         let mut inner = lock(&ep.inner);
         inner.closed = true;
-        inner.listener = None;
-        inner.reserve = None;
         inner.conns.clear();
         inner.pending.clear();
         drop(inner);
+        drop(door);
         drop(reg);
     }
 }
@@ -227,8 +295,7 @@ fn not_initialised() -> Error {
 }
 
 impl Endpoint {
-    fn bind(options: SessionOptions) -> Result<Endpoint> {
-        let pid = super::current_pid();
+    fn bind(pid: u32, options: SessionOptions) -> Result<Endpoint> {
         let not_ready = |what: &str, e: Errno| {
             let mut err = os_error(what, e);
             if err.kind() == ErrorKind::NetDown {
@@ -237,6 +304,14 @@ impl Endpoint {
             }
             err
         };
+        let start = start_time(None).map_err(|e| {
+            Error::new(
+                ErrorKind::SystemNotReady,
+                "cannot read this process's start time in /proc/self/stat, which names \
+                 the session (is /proc mounted?)",
+            )
+            .with_source(e)
+        })?;
         let listener = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -244,14 +319,22 @@ impl Endpoint {
             None,
         )
         .map_err(|e| not_ready("creating the session endpoint", e))?;
-        let addr = endpoint_address(pid).map_err(|e| os_error("naming the session", e))?;
-        rustix::net::bind(&listener, &addr).map_err(|e| {
+        let mut bound = Err(Errno::ADDRINUSE);
+        for index in 0..ENDPOINT_NAMES {
+            let addr = endpoint_address(pid, start, index)
+                .map_err(|e| os_error("naming the session", e))?;
+            bound = rustix::net::bind(&listener, &addr);
+            if bound != Err(Errno::ADDRINUSE) {
+                break;
+            }
+        }
+        bound.map_err(|e| {
             if e == Errno::ADDRINUSE {
                 Error::new(
                     ErrorKind::SystemNotReady,
                     format!(
-                        "another process holds the session name of pid {pid} \
-                         (sockshare/v1/{pid} in this network namespace)"
+                        "other processes hold all {ENDPOINT_NAMES} session names of this \
+                         process (sockshare/v2/{pid}.{start}.*, in this network namespace)"
                     ),
                 )
                 .with_source(e.into())
@@ -282,13 +365,17 @@ impl Endpoint {
         Ok(Endpoint {
             pid,
             options,
+            unmapped_uid: unmapped_uid(),
             epoll,
             wake,
             stopping: AtomicBool::new(false),
-            inner: Mutex::new(Inner {
-                closed: false,
+            door: Mutex::new(Door {
                 listener: Some(listener),
                 reserve,
+                out_of_fds: false,
+            }),
+            inner: Mutex::new(Inner {
+                closed: false,
                 conns: Vec::new(),
                 live_conns: 0,
                 pending: Table::new(),
@@ -296,8 +383,120 @@ impl Endpoint {
                 out_of_fds: false,
                 last_redeem: None,
                 batch: Batch::new(batch::MAX_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false),
+                seek: None,
             }),
         })
+    }
+
+    /// Whether the thread must retry on a timer: descriptors ran out, so no event will
+    /// say when accepting or receiving (or taking back the spare) can succeed.
+    fn starved(&self) -> bool {
+        let door = lock(&self.door);
+        let door_starved = door.out_of_fds || (door.reserve.is_none() && door.listener.is_some());
+        drop(door);
+        door_starved || lock(&self.inner).out_of_fds
+    }
+
+    /// Accepts every waiting connection and answers it. Only admitted connections take
+    /// `inner`, briefly.
+    fn accept_all(&self) {
+        loop {
+            let mut door = lock(&self.door);
+            let Some(listener) = &door.listener else {
+                return;
+            };
+            let conn = match rustix::net::accept_with(
+                listener,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            ) {
+                Ok(conn) => conn,
+                Err(Errno::INTR | Errno::CONNABORTED) => continue,
+                Err(Errno::MFILE | Errno::NFILE) if door.reserve.is_some() => {
+                    door.reserve = None;
+                    continue;
+                }
+                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                    door.out_of_fds = true;
+                    return;
+                }
+                Err(_) => return,
+            };
+            door.out_of_fds = false;
+            drop(door);
+            self.admit(conn);
+        }
+    }
+
+    /// The session's verdict on a source: its policy, on the kernel's credentials.
+    fn verdict(&self, conn: BorrowedFd<'_>) -> Verdict {
+        let target_uid = rustix::process::geteuid().as_raw();
+        let admitted = peer_cred(conn).is_ok_and(|cred| {
+            // A uid the kernel could not map into this namespace is nobody's (S23).
+            let unmapped = Some(cred.uid) == self.unmapped_uid;
+            (!unmapped || self.options.policy == Policy::AnyUser)
+                && self.options.policy.allows(cred.uid, target_uid)
+        });
+        if !admitted {
+            return Verdict::Refused;
+        }
+        // A stale count moves the limit by a connection at most; refused sources, above,
+        // never take the lock.
+        let live_conns = lock(&self.inner).live_conns;
+        // Receiving peeks a batch at a time, stepping with SO_PEEK_OFF.
+        if live_conns >= connection_limit() || batch::set_peek_off(conn, 0).is_err() {
+            Verdict::Busy
+        } else {
+            Verdict::Accepted
+        }
+    }
+
+    fn admit(&self, conn: OwnedFd) {
+        let verdict = self.verdict(conn.as_fd());
+        let answered = rustix::net::send(
+            &conn,
+            &wire::reply(verdict),
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        )
+        .is_ok();
+        if verdict != Verdict::Accepted || !answered {
+            return; // dropping `conn` closes it and anything it sent
+        }
+        let mut inner = lock(&self.inner);
+        let slot = match inner.conns.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                inner.conns.push(None);
+                inner.conns.len() - 1
+            }
+        };
+        let watched = epoll::add(
+            &self.epoll,
+            &conn,
+            epoll::EventData::new_u64(CONN_BASE + slot as u64),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET,
+        );
+        if watched.is_ok() {
+            inner.conns[slot] = Some(Conn {
+                fd: conn,
+                tombstones: Vec::new(),
+            });
+            inner.live_conns += 1;
+            // Data may have arrived before the watch began: edge-triggered epoll would not
+            // report it.
+            inner.drain(slot, None);
+        }
+    }
+
+    /// Takes the spare descriptor back once receiving no longer lacks descriptors:
+    /// pending sockets come first, the spare only from what they leave.
+    fn retake_reserve(&self) {
+        let mut door = lock(&self.door);
+        if door.reserve.is_none() {
+            door.reserve = door
+                .listener
+                .as_ref()
+                .and_then(|l| rustix::io::fcntl_dupfd_cloexec(l, 0).ok());
+        }
     }
 }
 
@@ -307,7 +506,7 @@ fn serve(ep: &Endpoint) {
     // Connections with data this thread has not drained yet.
     let mut ready: Vec<usize> = Vec::with_capacity(64);
     loop {
-        let starved = lock(&ep.inner).starved();
+        let starved = ep.starved();
         let timeout = if starved {
             Some(RETRY)
         } else if !ready.is_empty() {
@@ -326,7 +525,10 @@ fn serve(ep: &Endpoint) {
             timeout.as_ref(),
         ) {
             Ok(_) | Err(Errno::INTR) => {}
-            Err(_) => return,
+            // epoll_wait fails only on a bad descriptor or buffer, which this thread owns;
+            // if it ever did, redeems still drain inline, and the thread keeps trying
+            // rather than leave sources unanswered.
+            Err(_) => std::thread::sleep(RETRY),
         }
         if ep.stopping.load(Ordering::Acquire) {
             return;
@@ -344,10 +546,10 @@ fn serve(ep: &Endpoint) {
                 }
             }
         }
-        let mut inner = lock(&ep.inner);
         if accept {
-            inner.accept_all(ep);
+            ep.accept_all();
         }
+        let mut inner = lock(&ep.inner);
         // While this process redeems, its redeems drain inline on a miss: the thread
         // stays out of their way (it would take a core and the table's lock from them)
         // and looks again once they pause. Otherwise it drains, then lets the next pushes
@@ -362,7 +564,11 @@ fn serve(ep: &Endpoint) {
                 inner.drain(slot, None);
             }
         }
+        let retake = starved && !inner.out_of_fds;
         drop(inner);
+        if retake {
+            ep.retake_reserve();
+        }
         if starved || drain {
             ready.clear();
         }
@@ -375,114 +581,18 @@ fn serve(ep: &Endpoint) {
 }
 
 impl Inner {
-    fn take(&mut self, info: &ProtocolInfo) -> Result<Option<OwnedFd>> {
-        self.pending
-            .take(info.token(), info.tag())
-            .map_err(|Altered| {
-                Error::new(
-                    ErrorKind::Invalid,
-                    "this protocol info was altered after duplicate (its fields do not match \
-                 the ones the source sent)",
-                )
-            })
+    fn take(&mut self, token: u64, kind: u32) -> Result<Option<OwnedFd>> {
+        self.pending.take(token, kind).map_err(|Altered| altered())
     }
 
-    fn accept_all(&mut self, ep: &Endpoint) {
-        loop {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(conn) => self.admit(ep, conn),
-                Err(Errno::INTR | Errno::CONNABORTED) => {}
-                Err(Errno::MFILE | Errno::NFILE) if self.reserve.is_some() => {
-                    self.reserve = None;
-                }
-                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                    self.out_of_fds = true;
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn admit(&mut self, ep: &Endpoint, conn: OwnedFd) {
-        let target_uid = rustix::process::geteuid().as_raw();
-        let verdict = match peer_cred(conn.as_fd()) {
-            Ok(cred) if ep.options.policy.allows(cred.uid, target_uid) => {
-                // Receiving peeks a batch at a time, stepping with SO_PEEK_OFF.
-                if self.live_conns >= connection_limit()
-                    || batch::set_peek_off(conn.as_fd(), 0).is_err()
-                {
-                    Verdict::Busy
-                } else {
-                    Verdict::Accepted
-                }
-            }
-            _ => Verdict::Refused,
-        };
-        let answered = rustix::net::send(
-            &conn,
-            &wire::reply(verdict),
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        )
-        .is_ok();
-        if verdict != Verdict::Accepted || !answered {
-            return; // dropping `conn` closes it and anything it sent
-        }
-        let slot = match self.conns.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.conns.len() - 1
-            }
-        };
-        let watched = epoll::add(
-            &ep.epoll,
-            &conn,
-            epoll::EventData::new_u64(CONN_BASE + slot as u64),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET,
-        );
-        if watched.is_ok() {
-            self.conns[slot] = Some(conn);
-            self.live_conns += 1;
-            // Data may have arrived before the watch began: edge-triggered epoll would not
-            // report it.
-            self.drain(slot, None);
-        }
-    }
-
-    /// Drains every connection up to capacity; or, for a redeem (`until`), takes a batch
-    /// from each connection in turn, past capacity, until that token has arrived. A
-    /// redeem's socket is near the head of its source's queue, so it is found without
-    /// filling the table with other sources' sockets, and with no system call to find the
-    /// queues empty. Whatever it leaves is drained by the thread, which an edge of epoll
-    /// woke for it.
+    /// Drains every connection, up to capacity; for a redeem (`until`), stops once that
+    /// token has arrived.
     fn drain_all(&mut self, until: Option<u64>) {
         self.out_of_fds = false;
-        loop {
-            let mut more = false;
-            for slot in 0..self.conns.len() {
-                match self.drain(slot, until) {
-                    Visit::Found => return,
-                    Visit::More => more = true,
-                    Visit::Idle => {}
-                }
-                if self.out_of_fds {
-                    break;
-                }
+        for slot in 0..self.conns.len() {
+            if self.drain(slot, until) || self.out_of_fds {
+                return;
             }
-            if !more || self.out_of_fds {
-                break;
-            }
-        }
-        // Pending sockets come first: the spare is taken back only from what they leave.
-        if !self.out_of_fds && self.reserve.is_none() {
-            self.reserve = self
-                .listener
-                .as_ref()
-                .and_then(|l| rustix::io::fcntl_dupfd_cloexec(l, 0).ok());
         }
     }
 
@@ -490,119 +600,182 @@ impl Inner {
         self.last_redeem.is_some_and(|t| t.elapsed() < ACTIVE)
     }
 
-    /// Whether the thread must retry on a timer: descriptors ran out, so no event will
-    /// say when receiving (or taking back the spare) can succeed.
-    fn starved(&self) -> bool {
-        self.out_of_fds || (self.reserve.is_none() && self.listener.is_some())
-    }
-
     /// Moves the sockets queued on connection `slot` into the table, a batch of records
-    /// per peek: without `until`, until the queue is empty, the table is at capacity or
-    /// descriptors run out; with it, one batch, past capacity.
-    fn drain(&mut self, slot: usize, until: Option<u64>) -> Visit {
+    /// per peek, until the queue is empty, the next record does not fit in the capacity,
+    /// descriptors run out, or `until` has arrived. Returns whether it did.
+    fn drain(&mut self, slot: usize, until: Option<u64>) -> bool {
         // Out of its slot while draining, so the table can be filled meanwhile.
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) else {
-            return Visit::Idle;
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return false;
         };
-        let (keep, visit) = self.drain_conn(conn.as_fd(), until);
+        let (keep, found) = self.drain_conn(&mut conn, until);
         if keep {
             self.conns[slot] = Some(conn);
         } else {
             self.live_conns -= 1; // dropping `conn` closes it and whatever it still queues
         }
-        visit
+        found
     }
 
-    /// `drain` on one connection: returns whether to keep the connection, and what the
-    /// visit found.
-    fn drain_conn(&mut self, conn: BorrowedFd<'_>, until: Option<u64>) -> (bool, Visit) {
-        let forced = until.is_some();
+    /// `drain` on one connection: returns whether to keep the connection, and whether
+    /// `until` arrived.
+    fn drain_conn(&mut self, conn: &mut Conn, until: Option<u64>) -> (bool, bool) {
         let mut found = false;
-        let idle = |found: bool| if found { Visit::Found } else { Visit::Idle };
         loop {
-            // At capacity the rest stays in the kernel's queue (sources soon get
-            // WSAENOBUFS) until a redeem that needs one of its records drains it.
-            if !forced && self.pending.len() >= self.capacity {
-                return (true, Visit::Idle);
+            // A full table peeks nothing: the copies would only be closed again.
+            if self.pending.len() >= self.capacity {
+                return (true, found);
             }
-            let records = match self.batch.peek(conn, false) {
-                Ok(records) if records.is_empty() => return (true, idle(found)),
+            let records = match self.batch.peek(conn.fd.as_fd(), false) {
+                Ok(records) if records.is_empty() => return (true, found),
                 Ok(records) => records,
-                Err(_) => return (false, idle(found)),
+                Err(_) => return (false, found),
             };
             let peeked = records.len();
-            let (mut taken, mut no_room) = (0, false);
+            let (mut taken, mut full) = (0, false);
             for (i, meta) in records.into_iter().enumerate() {
-                match push_record(self.batch.record(i, &meta), meta) {
-                    Record::Sockets(sockets) => {
-                        found |= self.insert(sockets, until);
+                let record = match push_record(self.batch.record(i, &meta), meta) {
+                    Record::Sockets(sockets) => sockets,
+                    // A record that breaks the protocol is dropped (its descriptors close
+                    // with it); the source's records after it are still its own.
+                    Record::Broken => {
                         taken += 1;
+                        continue;
                     }
                     // Copies of the records after it close with the iterator; they stay
                     // queued and the next peek starts over at this one.
                     Record::NoRoom => {
-                        no_room = i == 0;
+                        self.out_of_fds |= i == 0;
                         break;
                     }
-                    Record::Broken => return (false, idle(found)),
-                }
-                // A peeked record is taken whole-batch even past `until`: its copies are
-                // installed already, and putting them back costs more than keeping them.
-                if !forced && self.pending.len() >= self.capacity {
+                };
+                let arriving = record
+                    .iter()
+                    .filter(|(token, _, _)| !conn.tombstones.contains(token))
+                    .count();
+                if self.pending.len() + arriving > self.capacity {
+                    full = true;
                     break;
                 }
+                found |= self.insert(conn, record, until);
+                taken += 1;
             }
-            if batch::consume(conn, taken, peeked).is_err() {
-                return (false, idle(found));
+            if batch::consume(conn.fd.as_fd(), taken, peeked).is_err() {
+                return (false, found);
             }
-            if no_room {
-                self.out_of_fds = true;
-                return (true, idle(found));
-            }
-            if found {
-                return (true, Visit::Found);
-            }
-            if forced {
-                return (true, Visit::More);
+            if self.out_of_fds || full || found {
+                return (true, found);
             }
         }
     }
 
-    /// Puts received sockets in the table; returns whether `until` was among them.
-    fn insert(&mut self, sockets: Vec<(wire::Entry, OwnedFd)>, until: Option<u64>) -> bool {
+    /// Puts received sockets in the table (or closes those a redeem took already);
+    /// returns whether `until` was among them.
+    fn insert(&mut self, conn: &mut Conn, sockets: Vec<Pushed>, until: Option<u64>) -> bool {
         let mut found = false;
-        for (entry, fd) in sockets {
-            found |= Some(entry.token) == until;
+        for (token, kind, fd) in sockets {
+            if let Some(i) = conn.tombstones.iter().position(|&t| t == token) {
+                conn.tombstones.swap_remove(i);
+                continue; // `fd` closes: the redeem holds its own copy
+            }
+            found |= Some(token) == until;
             // A socket whose token is live already is closed here (see `Table::insert`).
-            drop(self.pending.insert(entry.token, entry.tag, fd));
+            drop(self.pending.insert(token, kind, fd));
         }
         found
     }
+
+    /// Looks for `token` in the connections' queues without consuming anything, and
+    /// takes a copy of its socket (see the module docs).
+    fn seek(&mut self, token: u64, kind: u32) -> Result<Option<OwnedFd>> {
+        if self.conns.iter().flatten().any(|c| c.tombstones.contains(&token)) {
+            return Ok(None); // taken already by an earlier seek
+        }
+        let batch = self
+            .seek
+            .get_or_insert_with(|| Batch::new(1, wire::MAX_PUSH_LEN, wire::MAX_FDS, false));
+        for conn in self.conns.iter_mut().flatten() {
+            let found = seek_conn(batch, conn.fd.as_fd(), token, kind);
+            // Back to the head, where the drains expect the peek offset.
+            let _ = batch::set_peek_off(conn.fd.as_fd(), 0);
+            match found {
+                Sought::Found(fd) => {
+                    conn.tombstones.push(token);
+                    return Ok(Some(fd));
+                }
+                Sought::Altered => return Err(altered()),
+                Sought::NoRoom => self.out_of_fds = true,
+                Sought::NotHere => {}
+            }
+        }
+        Ok(None)
+    }
 }
 
-/// What a visit to one connection's queue found.
-enum Visit {
-    /// The token a redeem looks for arrived.
-    Found,
-    /// A redeem's one batch was taken; more may be queued.
-    More,
-    /// Nothing more to take now: the queue is empty or dropped, the table is at capacity,
-    /// or descriptors ran out.
-    Idle,
+fn altered() -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        "this protocol info was altered after duplicate (its socket kind is not the one the \
+         source pushed)",
+    )
 }
+
+/// What seeking one connection's queue found.
+enum Sought {
+    Found(OwnedFd),
+    /// The token is there, for a socket of another kind.
+    Altered,
+    /// The token is there, but its descriptor did not fit in this process's table.
+    NoRoom,
+    NotHere,
+}
+
+fn seek_conn(batch: &mut Batch, conn: BorrowedFd<'_>, token: u64, kind: u32) -> Sought {
+    loop {
+        let Ok(mut records) = batch.peek(conn, false) else {
+            return Sought::NotHere;
+        };
+        let Some(meta) = records.pop() else {
+            return Sought::NotHere;
+        };
+        let Some(entries) = wire::parse_push(batch.record(0, &meta)) else {
+            continue;
+        };
+        let complete = meta.fds.len() == entries.len();
+        let Some((i, entry)) = entries
+            .enumerate()
+            .find(|(_, e)| wire::token_of(e.secret) == token)
+        else {
+            continue;
+        };
+        return if entry.kind != kind {
+            Sought::Altered
+        } else if !complete {
+            Sought::NoRoom
+        } else {
+            // The other copies close with `meta`; their records stay queued.
+            meta.fds
+                .into_iter()
+                .nth(i)
+                .map_or(Sought::NotHere, Sought::Found)
+        };
+    }
+}
+
+/// A socket received in a push: its token, packed kind and descriptor.
+type Pushed = (u64, u32, OwnedFd);
 
 /// What one peeked push record turned out to be.
 enum Record {
-    Sockets(Vec<(wire::Entry, OwnedFd)>),
+    Sockets(Vec<Pushed>),
     /// Its descriptors did not all fit in this process's table: leave it queued.
     NoRoom,
-    /// A record that breaks the protocol: drop the connection (the kernel closes whatever
-    /// it still queues).
+    /// A record that breaks the protocol: it is consumed, and its descriptors closed.
     Broken,
 }
 
 fn push_record(bytes: &[u8], meta: Meta) -> Record {
-    if meta.len == 0 || meta.len > wire::MAX_PUSH_LEN {
+    if meta.len > wire::MAX_PUSH_LEN {
         return Record::Broken;
     }
     let Some(entries) = wire::parse_push(bytes) else {
@@ -614,13 +787,20 @@ fn push_record(bytes: &[u8], meta: Meta) -> Record {
     if meta.fds.len() != entries.len() {
         return Record::Broken;
     }
-    Record::Sockets(entries.zip(meta.fds).collect())
+    Record::Sockets(
+        entries
+            .zip(meta.fds)
+            .map(|(e, fd)| (wire::token_of(e.secret), e.kind, fd))
+            .collect(),
+    )
 }
 
 /// The guards `before_fork` takes, held until `after_fork` (both run in the forking
-/// thread). Fields drop in order: `inner` borrows from the endpoint that `registry` keeps.
+/// thread). Fields drop in order: `inner` and `door` borrow from the endpoint that
+/// `registry` keeps.
 struct Held {
     inner: Option<MutexGuard<'static, Inner>>,
+    door: Option<MutexGuard<'static, Door>>,
     registry: MutexGuard<'static, Registry>,
 }
 
@@ -628,63 +808,92 @@ thread_local! {
     static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
 }
 
+/// Extends a guard on the registry's endpoint to `'static`.
+///
+/// # Safety
+/// The registry must be locked, and the guard dropped before the registry's guard: the
+/// locked registry keeps the endpoint alive.
+unsafe fn extend<T>(guard: MutexGuard<'_, T>) -> MutexGuard<'static, T> {
+    // SAFETY: per this function's contract.
+    unsafe { std::mem::transmute::<MutexGuard<'_, T>, MutexGuard<'static, T>>(guard) }
+}
+
 pub(super) fn before_fork() {
     let registry = lock(&REGISTRY);
-    let inner = registry.endpoint.as_ref().map(|ep| {
-        let guard = lock(&ep.inner);
-        // SAFETY: the guard borrows the endpoint that the locked registry holds. The
-        // registry cannot let it go while locked, and `Held` drops this guard before the
-        // registry's guard; the 'static lifetime never outlives that.
-        unsafe { std::mem::transmute::<MutexGuard<'_, Inner>, MutexGuard<'static, Inner>>(guard) }
+    let (door, inner) = match registry.endpoint.as_ref() {
+        // SAFETY: the guards borrow the endpoint that the locked registry holds, and
+        // `Held` drops them before the registry's guard.
+        Some(ep) => unsafe { (Some(extend(lock(&ep.door))), Some(extend(lock(&ep.inner)))) },
+        None => (None, None),
+    };
+    HELD.with(|h| {
+        *h.borrow_mut() = Some(Held {
+            inner,
+            door,
+            registry,
+        })
     });
-    HELD.with(|h| *h.borrow_mut() = Some(Held { inner, registry }));
 }
 
 pub(super) fn after_fork(child: bool) {
     let Some(Held {
         mut inner,
+        mut door,
         mut registry,
     }) = HELD.with(|h| h.borrow_mut().take())
     else {
         return;
     };
     if child {
-        if let (Some(inner), Some(ep)) = (inner.as_mut(), registry.endpoint.as_ref()) {
-            inner.abandon();
-            for fd in [&ep.epoll, &ep.wake] {
-                // SAFETY: closing a descriptor the child inherited; the endpoint is leaked
-                // below, so no OwnedFd will close the number again.
-                unsafe { libc::close(fd.as_raw_fd()) };
-            }
+        if let (Some(door), Some(inner)) = (door.as_mut(), inner.as_mut()) {
+            abandon(&mut registry, door, inner);
         }
     }
-    // Before the registry's guard: it borrows the endpoint the registry keeps.
+    // Before the registry's guard: they borrow the endpoint the registry keeps.
     drop(inner);
-    if child {
-        // The session belongs to the parent: leak the child's copy (its descriptors are
-        // closed above, and the leak keeps them from being closed twice), thread included.
-        std::mem::forget(registry.endpoint.take());
-        std::mem::forget(registry.thread.take());
-        registry.refs = 0;
-    }
+    drop(door);
     drop(registry);
 }
 
-impl Inner {
-    /// In a forked child: close every inherited descriptor of the parent's session, without
-    /// freeing memory (only async-signal-safe work here).
-    fn abandon(&mut self) {
-        self.closed = true;
-        let fds = self
-            .listener
-            .iter()
-            .chain(self.reserve.iter())
-            .chain(self.conns.iter().flatten())
-            .chain(self.pending.values());
-        for fd in fds {
-            // SAFETY: the descriptor was inherited from the parent; the endpoint holding
-            // the OwnedFd is leaked by `after_fork`, so it is never closed again.
-            unsafe { libc::close(fd.as_raw_fd()) };
-        }
+/// In a child the fork handlers did not run in: `after_fork`'s work, with the locks
+/// taken now. A lock that a thread the child does not have held at the fork stays held;
+/// the child then leaves that state alone.
+pub(super) fn abandon_inherited() {
+    let mut registry = match REGISTRY.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    let Some(ep) = registry.endpoint.clone() else {
+        return;
+    };
+    if let (Ok(mut door), Ok(mut inner)) = (ep.door.try_lock(), ep.inner.try_lock()) {
+        abandon(&mut registry, &mut door, &mut inner);
+    };
+}
+
+/// In a forked child: closes every inherited descriptor of the parent's session and
+/// forgets the session, without freeing memory (only async-signal-safe work here).
+fn abandon(registry: &mut Registry, door: &mut Door, inner: &mut Inner) {
+    inner.closed = true;
+    let Some(ep) = registry.endpoint.as_ref() else {
+        return;
+    };
+    let fds = door
+        .listener
+        .iter()
+        .chain(door.reserve.iter())
+        .chain(inner.conns.iter().flatten().map(|c| &c.fd))
+        .chain(inner.pending.values())
+        .chain([&ep.epoll, &ep.wake]);
+    for fd in fds {
+        // SAFETY: the descriptor was inherited from the parent; the endpoint holding the
+        // OwnedFd is leaked below, so it is never closed again.
+        unsafe { libc::close(fd.as_raw_fd()) };
     }
+    // The session belongs to the parent: leak the child's copy (its descriptors are
+    // closed above, and the leak keeps them from being closed twice), thread included.
+    std::mem::forget(registry.endpoint.take());
+    std::mem::forget(registry.thread.take());
+    registry.refs = 0;
 }

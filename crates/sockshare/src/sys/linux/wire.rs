@@ -5,11 +5,21 @@
 //!   0 u64` (16 bytes). The verdict tells the source at once whether the session's policy
 //!   admits it, so a refused source gets `WSAEINVAL` from `duplicate`, not a silent drop.
 //! - push, source to target: `magic u32, version u16, PUSH u16, count u32, 0 u32`, then
-//!   `count` entries of `token u64, tag u32, 0 u32`, with exactly `count` descriptors
+//!   `count` entries of `secret u64, kind u32, 0 u32`, with exactly `count` descriptors
 //!   attached (`SCM_RIGHTS`), entry `i` naming descriptor `i`.
+//!
+//! Why a secret and not the token: the info, which travels by any IPC, carries the token
+//! [`token_of`]`(secret)`; the secret travels only on the source's own connection. A
+//! process that reads an info in transit, and that the session admits, cannot push a
+//! socket of its own under that token (S20): it would need a preimage of a 64-bit
+//! SHA-256 truncation. `kind` is the socket's family, type and protocol as the source
+//! read them from the kernel ([`pack_kind`]), so an info rewritten to another kind, with
+//! its CRC mended, no longer matches what was pushed (S21).
+
+use crate::info::SocketKind;
 
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"SSHR");
-pub(super) const VERSION: u16 = 1;
+pub(super) const VERSION: u16 = 2;
 pub(super) const HEADER_LEN: usize = 16;
 pub(super) const ENTRY_LEN: usize = 16;
 /// The kernel carries at most this many descriptors in one message (`SCM_MAX_FD`).
@@ -27,11 +37,34 @@ pub(super) enum Verdict {
     Busy = 3,
 }
 
-/// One pending socket named in a push: its token and the info's integrity tag.
+/// One socket named in a push: the secret its token derives from, and its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Entry {
-    pub token: u64,
-    pub tag: u32,
+    pub secret: u64,
+    pub kind: u32,
+}
+
+/// The token an info carries for a socket pushed with `secret`: the first 8 bytes of
+/// SHA-256 over a domain label and the secret. One-way, so the token names the socket
+/// without letting its reader push under it.
+pub(super) fn token_of(secret: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"sockshare/v2 token\0")
+        .chain_update(secret.to_le_bytes())
+        .finalize();
+    let mut token = [0u8; 8];
+    token.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(token)
+}
+
+/// A socket's family, type and protocol in one word (8, 8 and 16 bits), as pushes carry
+/// them and the table keeps them; `None` for values no socket of this kernel has.
+pub(super) fn pack_kind(kind: SocketKind) -> Option<u32> {
+    let family = u8::try_from(kind.family()).ok()?;
+    let ty = u8::try_from(kind.socket_type()).ok()?;
+    let protocol = u16::try_from(kind.protocol()).ok()?;
+    Some(u32::from(family) | u32::from(ty) << 8 | u32::from(protocol) << 16)
 }
 
 fn header(kind: u16, word: u32) -> [u8; HEADER_LEN] {
@@ -71,8 +104,8 @@ pub(super) fn push(entries: &[Entry], out: &mut [u8; MAX_PUSH_LEN]) -> usize {
     out[..HEADER_LEN].copy_from_slice(&header(PUSH, entries.len() as u32));
     for (i, e) in entries.iter().enumerate() {
         let at = HEADER_LEN + i * ENTRY_LEN;
-        out[at..at + 8].copy_from_slice(&e.token.to_le_bytes());
-        out[at + 8..at + 12].copy_from_slice(&e.tag.to_le_bytes());
+        out[at..at + 8].copy_from_slice(&e.secret.to_le_bytes());
+        out[at + 8..at + 12].copy_from_slice(&e.kind.to_le_bytes());
         out[at + 12..at + 16].fill(0);
     }
     HEADER_LEN + entries.len() * ENTRY_LEN
@@ -86,11 +119,11 @@ pub(super) fn parse_push(b: &[u8]) -> Option<impl ExactSizeIterator<Item = Entry
         return None;
     }
     Some(b[HEADER_LEN..].chunks_exact(ENTRY_LEN).map(|c| {
-        let mut token = [0u8; 8];
-        token.copy_from_slice(&c[..8]);
+        let mut secret = [0u8; 8];
+        secret.copy_from_slice(&c[..8]);
         Entry {
-            token: u64::from_le_bytes(token),
-            tag: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
+            secret: u64::from_le_bytes(secret),
+            kind: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
         }
     }))
 }
@@ -103,16 +136,16 @@ pub(crate) mod fuzzing {
     /// The longest valid push record.
     pub const MAX_PUSH_LEN: usize = super::MAX_PUSH_LEN;
 
-    /// `parse_push`, its entries as `(token, tag)`.
+    /// `parse_push`, its entries as `(secret, kind)`.
     pub fn parse_push(b: &[u8]) -> Option<Vec<(u64, u32)>> {
-        Some(super::parse_push(b)?.map(|e| (e.token, e.tag)).collect())
+        Some(super::parse_push(b)?.map(|e| (e.secret, e.kind)).collect())
     }
 
     /// `push`: the record naming `entries` (1 to `MAX_FDS` of them).
     pub fn push(entries: &[(u64, u32)]) -> Vec<u8> {
         let entries: Vec<super::Entry> = entries
             .iter()
-            .map(|&(token, tag)| super::Entry { token, tag })
+            .map(|&(secret, kind)| super::Entry { secret, kind })
             .collect();
         let mut out = [0u8; MAX_PUSH_LEN];
         let n = super::push(&entries, &mut out);
@@ -141,10 +174,10 @@ mod tests {
     #[test]
     fn push_round_trips_and_rejects_damage() {
         let entries = [
-            Entry { token: 1, tag: 2 },
+            Entry { secret: 1, kind: 2 },
             Entry {
-                token: u64::MAX,
-                tag: 7,
+                secret: u64::MAX,
+                kind: 7,
             },
         ];
         let mut buf = [0u8; MAX_PUSH_LEN];
@@ -158,6 +191,18 @@ mod tests {
         bad[0] ^= 1;
         assert!(parse_push(&bad[..n]).is_none());
         assert!(parse_push(&[]).is_none());
+    }
+
+    #[test]
+    fn tokens_are_one_way_and_kinds_pack_losslessly() {
+        assert_ne!(token_of(1), token_of(2));
+        assert_ne!(token_of(7), 7);
+        assert_eq!(token_of(7), token_of(7));
+        let tcp = SocketKind::new(libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_TCP);
+        let udp = SocketKind::new(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDP);
+        assert_ne!(pack_kind(tcp), pack_kind(udp));
+        assert_eq!(pack_kind(SocketKind::new(-1, 1, 0)), None);
+        assert_eq!(pack_kind(SocketKind::new(2, 1, 70_000)), None);
     }
 
     #[test]
