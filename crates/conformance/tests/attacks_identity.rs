@@ -409,6 +409,12 @@ fn s24_a_target_child_made_by_the_raw_clone_syscall_cannot_redeem() {
     fork_child_of_a_target_redeems("clone");
 }
 
+/// The control: with glibc's `fork` the handlers run, and the child gets nothing.
+#[test]
+fn s24_control_a_target_child_made_by_fork_with_handlers_cannot_redeem() {
+    fork_child_of_a_target_redeems("fork");
+}
+
 #[test]
 fn s24_a_target_child_made_by_glibc_fork_without_handlers_holds_no_pending_socket() {
     fork_child_of_a_target_holds("_Fork");
@@ -486,6 +492,16 @@ fn forking_source(how: &str) {
     );
     source.finish();
     target.finish();
+}
+
+#[test]
+fn s24_control_a_target_child_made_by_fork_with_handlers_holds_no_pending_socket() {
+    fork_child_of_a_target_holds("fork");
+}
+
+#[test]
+fn s24_control_a_source_forking_with_fork_with_handlers_delivers_each_socket() {
+    forking_source("fork");
 }
 
 #[test]

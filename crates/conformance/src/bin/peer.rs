@@ -534,7 +534,7 @@ impl Peer {
 
     /// `xfork HOW ACTION ...`: like `fork`, but the child is made without running the
     /// `pthread_atfork` handlers: HOW is `_Fork` (glibc's) or `clone` (the raw system
-    /// call). ACTION in the child: `redeem HEX` (with the inherited session; reports the
+    /// call); or `fork`, with them, as the tests' control. ACTION in the child: `redeem HEX` (with the inherited session; reports the
     /// outcome and the child's descriptor count), `dup SLOT PID` (reports the info's hex or
     /// `err WSANAME`), or `hold SECS` (sleeps holding what it inherited; the reply is its
     /// pid, for `reap`). The child dies with this peer. A child that does not report
@@ -544,7 +544,7 @@ impl Peer {
         let action = arg(w, 2)?;
         let (read, write) = rustix::pipe::pipe().map_err(|e| io_error(e.into()))?;
         let parent = rustix::process::getpid();
-        let child = fork_without_handlers(how)?;
+        let child = fork_by(how)?;
         if child == 0 {
             // A child of a killed peer must not live on holding the peer's descriptors.
             // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number touches no memory.
@@ -610,9 +610,10 @@ impl Peer {
     }
 }
 
-/// Forks the calling process without running the `pthread_atfork` handlers. Returns the
-/// child's pid in the parent and 0 in the child.
-fn fork_without_handlers(how: &str) -> Result<libc::pid_t, String> {
+/// Forks the calling process by `how`: `_Fork` and `clone` skip the `pthread_atfork`
+/// handlers, `fork` (the control) runs them. Returns the child's pid in the parent and 0
+/// in the child.
+fn fork_by(how: &str) -> Result<libc::pid_t, String> {
     extern "C" {
         /// glibc >= 2.34: fork without the atfork handlers (POSIX.1-2024 `_Fork`).
         fn _Fork() -> libc::pid_t;
@@ -627,6 +628,8 @@ fn fork_without_handlers(how: &str) -> Result<libc::pid_t, String> {
             let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
             pid as libc::pid_t
         }
+        // SAFETY: as above; glibc's fork runs sockshare's handlers around it.
+        "fork" => unsafe { libc::fork() },
         other => return Err(format!("io unknown fork {other}")),
     };
     if pid == -1 {
