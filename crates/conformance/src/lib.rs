@@ -247,6 +247,102 @@ impl Drop for Peer {
     }
 }
 
+/// The abstract socket names (without the leading NUL) under which process `pid` would
+/// serve its session, every one of them: hostile peers squat or connect to each, so this
+/// is the one place that knows the naming scheme. Today's library binds the single name
+/// `sockshare/v1/<pid>`. A scheme keyed by the process's start time as well (such as
+/// `sockshare/v2/<pid>.<starttime>.<i>` for `i` in `0..16`, with [`start_time`]) is one
+/// edit here; the names are then those of the process that has `pid` when this is called.
+pub fn endpoint_names(pid: u32) -> Vec<Vec<u8>> {
+    vec![format!("sockshare/v1/{pid}").into_bytes()]
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), which tells two processes that had the same pid apart; `None` if
+/// there is no such process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses:
+    // count fields from the last `)`, which is followed by field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The 16-byte handshake reply a session sends a source it admits (wire.rs: magic, version
+/// 1, verdict 1 "accepted", zeros); a fake session answers with it.
+pub fn accepted_reply() -> [u8; 16] {
+    let mut r = [0u8; 16];
+    r[..4].copy_from_slice(b"SSHR");
+    r[4..6].copy_from_slice(&1u16.to_le_bytes());
+    r[6..8].copy_from_slice(&1u16.to_le_bytes());
+    r
+}
+
+/// A peer whose pid is `pid`, started by `make`: as root, sets the kernel's last-allocated
+/// pid just below it before each start (`ns_last_pid`), retrying while other processes take
+/// the number.
+pub fn peer_with_pid(pid: u32, make: impl Fn() -> PeerCommand) -> Peer {
+    for _ in 0..1000 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("set ns_last_pid (the tests run as root)");
+        let p = make().spawn();
+        if p.pid == pid {
+            return p;
+        }
+        p.exit();
+    }
+    panic!("could not start a process with pid {pid}");
+}
+
+/// One test's run: serialises tests and checks this process's descriptors at the end
+/// (unless the test already failed).
+pub struct Scene {
+    fds: usize,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Scene {
+    /// Takes the tests' lock, drops cached connections and counts descriptors.
+    pub fn new() -> Scene {
+        let lock = serial();
+        // A test that failed left its connections cached; start from none.
+        sockshare::disconnect_all();
+        Scene {
+            fds: count_fds(),
+            _lock: lock,
+        }
+    }
+}
+
+impl Default for Scene {
+    fn default() -> Scene {
+        Scene::new()
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        sockshare::disconnect_all();
+        let now = count_fds();
+        if now != self.fds {
+            let open: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            panic!(
+                "the test process leaked descriptors: {} before, {now} after; open: {open:?}",
+                self.fds
+            );
+        }
+    }
+}
+
 /// The README's Rust example, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -6,9 +6,13 @@ use std::io::{BufRead, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use conformance::{count_fds, info_from_hex, io_error, outcome, to_hex, wsa_error};
+use conformance::{
+    accepted_reply, count_fds, endpoint_names, info_from_hex, io_error, outcome, to_hex, wsa_error,
+};
 use socket2::{Domain, SockAddr, Socket, Type};
 use sockshare::{Policy, Session};
 
@@ -21,6 +25,8 @@ struct Peer {
     filler: Vec<OwnedFd>,
     /// Connections to sessions' endpoints held open by `flood-connect`.
     flood: Vec<OwnedFd>,
+    /// A hostile listener posing as a session (`fake-session`).
+    fake: Option<FakeSession>,
 }
 
 fn main() {
@@ -104,6 +110,7 @@ impl Peer {
                 self.slots.clear();
                 self.filler.clear();
                 self.flood.clear();
+                self.fake = None;
                 Ok(String::new())
             }
             "disconnect" => {
@@ -285,6 +292,18 @@ impl Peer {
             "raw-push" => self.raw_push(w),
             "flood-connect" => self.flood_connect(w),
             "garbage" => self.garbage(w),
+            "squat" => self.squat(w),
+            "send-fds" => self.send_fds(w),
+            "recv-fds" => self.recv_fds(w),
+            "fake-session" => self.fake_session(w),
+            "fake-report" => fake_report(self.fake.as_ref()),
+            "xfork" => self.xfork(w),
+            "reap" => reap(w),
+            "whoami" => Ok(format!(
+                "uid={} euid={}",
+                rustix::process::getuid().as_raw(),
+                rustix::process::geteuid().as_raw()
+            )),
             "stress-target" => conformance::stress::target(self.session()?, arg(w, 1)?),
             "stress-source" => conformance::stress::source(arg(w, 1)?),
             other => Err(format!("io unknown command {other}")),
@@ -437,6 +456,366 @@ impl Peer {
     }
 }
 
+/// The hostile and forking commands of the identity attacks (tests/attacks_identity.rs).
+impl Peer {
+    /// `squat PID`: binds and listens on every session name of PID (see
+    /// `conformance::endpoint_names`) before PID can, as another user may. Replies with the
+    /// listeners' slots, one per name.
+    fn squat(&mut self, w: &[&str]) -> Reply {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let pid: u32 = num(w, 1)?;
+        let mut slots = Vec::new();
+        for name in endpoint_names(pid) {
+            let listener = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| io_error(e.into()))?;
+            let addr = SocketAddrUnix::new_abstract_name(&name).map_err(|e| io_error(e.into()))?;
+            rustix::net::bind(&listener, &addr).map_err(|e| io_error(e.into()))?;
+            rustix::net::listen(&listener, 128).map_err(|e| io_error(e.into()))?;
+            slots.push(self.put(Socket::from(listener)).to_string());
+        }
+        Ok(slots.join(" "))
+    }
+
+    /// `send-fds CONN SLOT...`: sends the sockets in SLOTs over the connected Unix socket
+    /// in CONN (one byte, `SCM_RIGHTS`): how a process hands its listener to a helper.
+    fn send_fds(&mut self, w: &[&str]) -> Reply {
+        let conn = self.slot(w, 1)?;
+        let fds = (2..w.len())
+            .map(|i| self.slot(w, i).map(AsFd::as_fd))
+            .collect::<Result<Vec<_>, _>>()?;
+        let conn = rustix::io::dup(conn).map_err(|e| io_error(e.into()))?;
+        send_record(&conn, b"x", &fds).map_err(|e| io_error(e.into()))?;
+        Ok(String::new())
+    }
+
+    /// `recv-fds CONN`: receives one message with descriptors on the Unix socket in CONN
+    /// (waiting up to 10 s) and keeps them. Replies with their slots.
+    fn recv_fds(&mut self, w: &[&str]) -> Reply {
+        let conn = self.slot(w, 1)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io_error)?;
+        let conn = rustix::io::dup(conn).map_err(|e| io_error(e.into()))?;
+        let (_, fds) = recv_with_fds(&conn, rustix::net::RecvFlags::empty())
+            .map_err(|e| io_error(e.into()))?;
+        let slots: Vec<String> = fds
+            .into_iter()
+            .map(|fd| self.put(Socket::from(fd)).to_string())
+            .collect();
+        Ok(slots.join(" "))
+    }
+
+    /// `fake-session SLOT...`: takes the listeners in SLOTs (squatted or handed over) and
+    /// serves them like a session from a thread of its own: accepts every connection,
+    /// answers "accepted" as a real session does, and keeps whatever is pushed. See
+    /// `fake-report`; `close-all` stops it and closes everything it holds.
+    fn fake_session(&mut self, w: &[&str]) -> Reply {
+        if self.fake.is_some() {
+            return Err("io a fake session runs already".into());
+        }
+        let mut listeners = Vec::new();
+        for i in 1..w.len() {
+            let n: usize = num(w, i)?;
+            let s = self
+                .slots
+                .get_mut(n)
+                .and_then(Option::take)
+                .ok_or_else(|| format!("io no socket in slot {n}"))?;
+            s.set_nonblocking(true).map_err(io_error)?;
+            listeners.push(OwnedFd::from(s));
+        }
+        self.fake = Some(FakeSession::start(listeners).map_err(|e| io_error(e.into()))?);
+        Ok(String::new())
+    }
+
+    /// `xfork HOW ACTION ...`: like `fork`, but the child is made without running the
+    /// `pthread_atfork` handlers: HOW is `_Fork` (glibc's) or `clone` (the raw system
+    /// call); or `fork`, with them, as the tests' control. ACTION in the child: `redeem HEX` (with the inherited session; reports the
+    /// outcome and the child's descriptor count), `dup SLOT PID` (reports the info's hex or
+    /// `err WSANAME`), or `hold SECS` (sleeps holding what it inherited; the reply is its
+    /// pid, for `reap`). The child dies with this peer. A child that does not report
+    /// within 10 s is killed, and the reply is `hung`.
+    fn xfork(&mut self, w: &[&str]) -> Reply {
+        let how = arg(w, 1)?;
+        let action = arg(w, 2)?;
+        let (read, write) = rustix::pipe::pipe().map_err(|e| io_error(e.into()))?;
+        let parent = rustix::process::getpid();
+        let child = fork_by(how)?;
+        if child == 0 {
+            // A child of a killed peer must not live on holding the peer's descriptors.
+            // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number touches no memory.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            if rustix::process::getppid() != Some(parent) {
+                // SAFETY: leaving the child at once; the parent ended before the prctl.
+                unsafe { libc::_exit(1) }
+            }
+            drop(read);
+            let report = self.in_unhandled_child(action, w);
+            let _ = rustix::io::write(&write, report.as_bytes());
+            // SAFETY: leaving the child without running the parent's exit handlers or
+            // destructors, which belong to the parent's state.
+            unsafe { libc::_exit(0) }
+        }
+        drop(write);
+        if action == "hold" {
+            return Ok(child.to_string());
+        }
+        let report = read_report(read, Duration::from_secs(10));
+        let report = match report {
+            Some(r) => r,
+            None => {
+                // SAFETY: killing our own child, which has not reported.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                "hung".to_owned()
+            }
+        };
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        Ok(report)
+    }
+
+    /// What an `xfork` child does and reports.
+    fn in_unhandled_child(&mut self, action: &str, w: &[&str]) -> String {
+        match action {
+            "hold" => {
+                std::thread::sleep(Duration::from_secs(num(w, 3).unwrap_or(5)));
+                String::new()
+            }
+            "redeem" => {
+                let info = match arg(w, 3).and_then(info_from_hex) {
+                    Ok(info) => info,
+                    Err(e) => return format!("bad-info {e}"),
+                };
+                let inherited = match self.session() {
+                    Ok(s) => outcome(&s.redeem(&info)),
+                    Err(_) => "no-session".to_owned(),
+                };
+                format!("{inherited} fds={}", count_fds())
+            }
+            "dup" => {
+                let dup = || -> Reply {
+                    let pid: u32 = num(w, 4)?;
+                    let info = sockshare::duplicate(self.slot(w, 3)?, pid).map_err(wsa_error)?;
+                    Ok(to_hex(&info.to_bytes_w()))
+                };
+                dup().unwrap_or_else(|e| format!("err {e}"))
+            }
+            other => format!("unknown {other}"),
+        }
+    }
+}
+
+/// Forks the calling process by `how`: `_Fork` and `clone` skip the `pthread_atfork`
+/// handlers, `fork` (the control) runs them. Returns the child's pid in the parent and 0
+/// in the child.
+fn fork_by(how: &str) -> Result<libc::pid_t, String> {
+    extern "C" {
+        /// glibc >= 2.34: fork without the atfork handlers (POSIX.1-2024 `_Fork`).
+        fn _Fork() -> libc::pid_t;
+    }
+    let pid = match how {
+        // SAFETY: the child runs only this peer's own code and sockshare's calls (the
+        // code under test); the test arranges that no other thread holds a lock then.
+        "_Fork" => unsafe { _Fork() },
+        "clone" => {
+            // SAFETY: as above. Flags SIGCHLD with no new stack is a plain fork done by
+            // the kernel alone: the child gets a copy of this thread, its stack included.
+            let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+            pid as libc::pid_t
+        }
+        // SAFETY: as above; glibc's fork runs sockshare's handlers around it.
+        "fork" => unsafe { libc::fork() },
+        other => return Err(format!("io unknown fork {other}")),
+    };
+    if pid == -1 {
+        return Err(io_error(std::io::Error::last_os_error()));
+    }
+    Ok(pid)
+}
+
+/// Reads a child's report from `read` until the child closes it, for at most `limit`;
+/// `None` if it does not close it in time.
+fn read_report(read: OwnedFd, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    let mut bytes = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = rustix::event::Timespec::try_from(left).ok()?;
+        let mut fds = [rustix::event::PollFd::new(
+            &read,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+        let mut buf = [0u8; 4096];
+        match rustix::io::read(&read, &mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// `reap PID`: kills this peer's child PID (an `xfork hold` child) and waits for it.
+fn reap(w: &[&str]) -> Reply {
+    let pid: libc::pid_t = num(w, 1)?;
+    // SAFETY: signalling and reaping a child of this process, which only it can reap, so
+    // the pid cannot have been reused before the waitpid.
+    let reaped = unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0)
+    };
+    if reaped != pid {
+        return Err(io_error(std::io::Error::last_os_error()));
+    }
+    Ok(String::new())
+}
+
+/// A listener posing as a session: a thread accepts and answers, the shared state keeps
+/// the connections and whatever descriptors arrive on them.
+struct FakeSession {
+    shared: Arc<Mutex<Fake>>,
+    /// Written to stop the thread.
+    stop: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Fake {
+    listeners: Vec<OwnedFd>,
+    conns: Vec<OwnedFd>,
+    /// Descriptors received from sources: each is a socket stolen from them.
+    received: Vec<OwnedFd>,
+}
+
+impl FakeSession {
+    fn start(listeners: Vec<OwnedFd>) -> Result<FakeSession, rustix::io::Errno> {
+        use rustix::event::{eventfd, EventfdFlags};
+        let stop = eventfd(0, EventfdFlags::CLOEXEC)?;
+        let woken = rustix::io::dup(&stop)?;
+        let shared = Arc::new(Mutex::new(Fake {
+            listeners,
+            ..Fake::default()
+        }));
+        let serving = shared.clone();
+        let thread = std::thread::spawn(move || fake_serve(&serving, &woken));
+        Ok(FakeSession {
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for FakeSession {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The fake session's thread: waits on the listeners and the stop eventfd, and accepts.
+fn fake_serve(shared: &Mutex<Fake>, stop: &OwnedFd) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let listeners: Vec<OwnedFd> = {
+        let fake = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let copies = fake.listeners.iter().map(rustix::io::dup).collect();
+        match copies {
+            Ok(copies) => copies,
+            Err(_) => return,
+        }
+    };
+    loop {
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(stop)
+            .chain(&listeners)
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+        if !fds[0].revents().is_empty() {
+            return;
+        }
+        fake_accept(&mut shared.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// Accepts every waiting connection and answers it as an admitting session would. The
+/// connection is kept before the answer goes out, so once a source's `duplicate` returns,
+/// `fake-report` sees its connection.
+fn fake_accept(fake: &mut Fake) {
+    use rustix::net::{SendFlags, SocketFlags};
+    let Fake {
+        listeners, conns, ..
+    } = fake;
+    for listener in listeners.iter() {
+        while let Ok(conn) =
+            rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+        {
+            let _ = rustix::net::send(&conn, &accepted_reply(), SendFlags::NOSIGNAL);
+            conns.push(conn);
+        }
+    }
+}
+
+/// `fake-report`: accepts what waits, receives everything queued on the fake session's
+/// connections, and replies `conns=C fds=F`: connections it answered, and descriptors
+/// sources delivered to it (all of them so far).
+fn fake_report(fake: Option<&FakeSession>) -> Reply {
+    let fake = fake.ok_or("io no fake session")?;
+    let mut fake = fake.shared.lock().unwrap_or_else(|e| e.into_inner());
+    fake_accept(&mut fake);
+    let Fake {
+        conns, received, ..
+    } = &mut *fake;
+    for conn in conns.iter() {
+        while let Ok((n, fds)) = recv_with_fds(conn, rustix::net::RecvFlags::DONTWAIT) {
+            if n == 0 && fds.is_empty() {
+                break;
+            }
+            received.extend(fds);
+        }
+    }
+    Ok(format!("conns={} fds={}", conns.len(), received.len()))
+}
+
+/// Receives one message and the descriptors that came with it (close-on-exec).
+fn recv_with_fds(
+    sock: &OwnedFd,
+    flags: rustix::net::RecvFlags,
+) -> Result<(usize, Vec<OwnedFd>), rustix::io::Errno> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut bytes = [0u8; 4096];
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(253))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut bytes)],
+        &mut control,
+        flags | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
 /// A malformed message of `kind` and how many descriptors go with it; `seed` varies its
 /// token. Each breaks the push format one way.
 fn malformed(kind: &str, seed: u64) -> Option<(Vec<u8>, usize)> {
@@ -515,8 +894,16 @@ fn endpoint(pid: u32) -> std::io::Result<OwnedFd> {
         SocketFlags::CLOEXEC,
         None,
     )?;
-    let addr = SocketAddrUnix::new_abstract_name(format!("sockshare/v1/{pid}").as_bytes())?;
-    rustix::net::connect(&sock, &addr)?;
+    // Whichever of the session's names answers first.
+    let mut connected = Err(rustix::io::Errno::CONNREFUSED);
+    for name in endpoint_names(pid) {
+        let addr = SocketAddrUnix::new_abstract_name(&name)?;
+        connected = rustix::net::connect(&sock, &addr);
+        if connected.is_ok() {
+            break;
+        }
+    }
+    connected?;
     rustix::net::sockopt::set_socket_timeout(
         &sock,
         rustix::net::sockopt::Timeout::Recv,
