@@ -14,7 +14,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -699,6 +699,48 @@ fn handoffs(target: &mut Peer, receiver: &UdpSocket, n: usize) -> Run {
     run
 }
 
+/// Runs `work` while every flooder repeats `command`, once each has started; returns what
+/// `work` gave and every flooder's reports.
+fn during_floods<T: Send>(
+    flooders: &mut [Peer],
+    command: &str,
+    work: impl FnOnce() -> T + Send,
+) -> (T, Vec<String>) {
+    let stop = AtomicBool::new(false);
+    let started = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let floods: Vec<_> = flooders
+            .iter_mut()
+            .map(|f| {
+                let (stop, started) = (&stop, &started);
+                s.spawn(move || {
+                    let mut rounds = Vec::new();
+                    // The first round's first connections are under way once the peer
+                    // has the command; count the flooder as started then.
+                    f.start(command);
+                    started.fetch_add(1, Ordering::SeqCst);
+                    loop {
+                        rounds.push(f.answer(command).expect("the flood's command"));
+                        if stop.load(Ordering::SeqCst) {
+                            return rounds;
+                        }
+                        f.start(command);
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while started.load(Ordering::SeqCst) < floods.len() {
+            assert!(Instant::now() < deadline, "the flooders never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let out = work();
+        stop.store(true, Ordering::SeqCst);
+        let reports = floods.into_iter().flat_map(|f| f.join().unwrap()).collect();
+        (out, reports)
+    })
+}
+
 /// Four processes of a uid the policy refuses flood the target's endpoint with
 /// connections while a genuine source hands sockets off one at a time. Prints redeem
 /// latency and throughput beside a quiet run; asserts only that every handoff arrives
@@ -706,7 +748,7 @@ fn handoffs(target: &mut Peer, receiver: &UdpSocket, n: usize) -> Run {
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 fn s25_foreign_connection_floods_and_redeem_latency() {
-    const N: usize = 300;
+    const N: usize = 1000;
     let _scene = Scene::new();
     let mut target = peer();
     target.ok("session");
@@ -719,42 +761,29 @@ fn s25_foreign_connection_floods_and_redeem_latency() {
     let target_fds = target.fds();
 
     let mut quiet = handoffs(&mut target, &receiver, N);
-    let mut flooders: Vec<Peer> = (0..4).map(|_| nobody()).collect();
-    let stop = AtomicBool::new(false);
-    let (mut flooded, reports) = std::thread::scope(|s| {
-        let floods: Vec<_> = flooders
-            .iter_mut()
-            .map(|f| {
-                let stop = &stop;
-                s.spawn(move || {
-                    let mut rounds = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        rounds.push(f.ok(&format!("flood-connect {pid} 200")));
-                    }
-                    rounds
-                })
-            })
-            .collect();
-        let run = handoffs(&mut target, &receiver, N);
-        stop.store(true, Ordering::Relaxed);
-        let reports: Vec<Vec<String>> = floods.into_iter().map(|f| f.join().unwrap()).collect();
-        (run, reports)
-    });
     quiet.report("quiet");
-    flooded.report("during 4 foreign floods");
-    let refused: usize = reports
-        .iter()
-        .flatten()
-        .map(|r| {
-            assert!(r.starts_with("accepted=0 busy=0 "), "{r}");
-            let refused = r.split_whitespace().nth(2).unwrap();
-            refused
-                .trim_start_matches("refused=")
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
-    println!("the floods made {refused} connections, all refused");
+    let mut flooders: Vec<Peer> = (0..4).map(|_| nobody()).collect();
+    // `flood-connect`: each flooder waits for every verdict (one connection of each in
+    // the backlog at a time); `flood-burst`: each opens 500 before reading any.
+    for (flood, size) in [("flood-connect", 200), ("flood-burst", 500)] {
+        let command = format!("{flood} {pid} {size}");
+        let (mut run, reports) = during_floods(&mut flooders, &command, || {
+            handoffs(&mut target, &receiver, N)
+        });
+        run.report(&format!("during 4 floods of {flood}"));
+        let refused: usize = reports
+            .iter()
+            .map(|r| {
+                assert!(r.starts_with("accepted=0 busy=0 "), "{r}");
+                let refused = r.split_whitespace().nth(2).unwrap();
+                refused
+                    .trim_start_matches("refused=")
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        println!("  the floods made {refused} connections, all refused");
+    }
     for f in flooders {
         f.finish();
     }

@@ -288,6 +288,7 @@ impl Peer {
             "fork" => self.fork(w),
             "raw-push" => self.raw_push(w),
             "flood-connect" => self.flood_connect(w),
+            "flood-burst" => self.flood_burst(w),
             "garbage" => self.garbage(w),
             "raw-connect" => self.raw_connect(w),
             "substitute" => self.substitute(w),
@@ -406,6 +407,34 @@ impl Peer {
                     break;
                 }
             }
+        }
+        let [a, b, r, f] = counts;
+        Ok(format!("accepted={a} busy={b} refused={r} failed={f}"))
+    }
+
+    /// `flood-burst PID N`: opens N connections to PID's session as fast as it can,
+    /// reading no verdict until all are open, so they pile up in the endpoint's backlog
+    /// (`flood-connect` waits for each verdict: one waits there at a time). Then reads the
+    /// verdicts and closes them all. Replies as `flood-connect`.
+    fn flood_burst(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let n: usize = num(w, 2)?;
+        let mut counts = [0usize; 4];
+        let mut open = Vec::with_capacity(n);
+        for _ in 0..n {
+            match endpoint(pid) {
+                Ok(sock) => open.push(sock),
+                Err(_) => counts[3] += 1,
+            }
+        }
+        for sock in &open {
+            let i = match verdict(sock) {
+                "accepted" => 0,
+                "busy" => 1,
+                "refused" | "reset" => 2,
+                _ => 3,
+            };
+            counts[i] += 1;
         }
         let [a, b, r, f] = counts;
         Ok(format!("accepted={a} busy={b} refused={r} failed={f}"))
