@@ -358,6 +358,66 @@ fn s21_a_listener_info_rewritten_as_udp_with_a_valid_crc_is_refused() {
     assert_secure("an info rewritten to another kind", &violations);
 }
 
+/// The C path: `WSASocketW` with `FROM_PROTOCOL_INFO` redeems the UDP rewrite of a TCP
+/// listener's info, its CRC forced to the genuine tag; it must fail with WSAEINVAL and
+/// make no descriptor.
+#[test]
+fn s21_the_c_path_refuses_a_listener_info_rewritten_as_udp() {
+    use ws2_32::{WSADATA, WSAPROTOCOL_INFOW};
+    let _scene = Scene::new();
+    let session = Session::new().unwrap();
+    let pid = session.pid();
+    let (at, genuine) = pending_listener(&session);
+    let mut forged = forge::info_w(udp4(), pid, forge::token(&genuine));
+    forge::force_tag(&mut forged, CHAIN_ENTRY, forge::tag(&genuine));
+    // SAFETY: WSADATA is plain data (integers, an array of chars, a null pointer when
+    // zeroed); WSAStartup writes it.
+    let mut data: WSADATA = unsafe { std::mem::zeroed() };
+    // SAFETY: `data` is writable for a WSADATA.
+    assert_eq!(unsafe { ws2_32::WSAStartup(0x0202, &mut data) }, 0);
+    let before = count_fds();
+    let from = ws2_32::FROM_PROTOCOL_INFO;
+    // SAFETY: `forged` is 628 initialised bytes, the size of WSAPROTOCOL_INFOW, which
+    // WSASocketW reads unaligned.
+    let s = unsafe {
+        ws2_32::WSASocketW(
+            from,
+            from,
+            from,
+            forged.as_ptr().cast::<WSAPROTOCOL_INFOW>(),
+            0,
+            ws2_32::WSA_FLAG_NO_HANDLE_INHERIT,
+        )
+    };
+    let mut violations = Vec::new();
+    if s == ws2_32::INVALID_SOCKET {
+        let error = ws2_32::WSAGetLastError();
+        if error != ws2_32::WSAEINVAL {
+            violations.push(format!("WSASocketW failed with {error}, not WSAEINVAL"));
+        }
+        if count_fds() != before {
+            violations.push("WSASocketW failed, but made a descriptor".to_owned());
+        }
+        let genuine = ProtocolInfo::from_bytes(&genuine).unwrap();
+        let listener = TcpListener::try_from(session.redeem(&genuine).unwrap()).unwrap();
+        assert_eq!(listener.local_addr().unwrap(), at);
+    } else {
+        // SAFETY: `s` is the open descriptor WSASocketW just returned; it stays open
+        // until closesocket below, after the last use of this borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s as i32) };
+        let socket = socket2::SockRef::from(&fd);
+        violations.push(format!(
+            "WSASocketW redeemed the forged info: socket {s}, of real type {:?}, at {:?}",
+            socket.r#type().map(i32::from),
+            socket.local_addr().ok().and_then(|a| a.as_socket())
+        ));
+        assert_eq!(ws2_32::closesocket(s), 0);
+    }
+    assert_eq!(ws2_32::WSACleanup(), 0);
+    drop(session);
+    assert_secure("the C path, an info rewritten to another kind", &violations);
+}
+
 /// Each meaningful field of a genuine info (pid, token, family, type, protocol) altered
 /// alone, with a CRC recomputed or forced to the genuine tag: every one is refused.
 #[test]
@@ -594,45 +654,80 @@ fn s22_redeeming_queued_infos_in_a_scrambled_order_stays_within_capacity() {
 
 /// An admitted source sends, on one connection: a push, an empty record, two pushes.
 /// Every well-formed push stays redeemable; the empty record may be dropped.
+///
+/// Run twice: with the session's table full (capacity 1, one socket in it), so all four
+/// records wait in the kernel's queue and the target's redeem reads them together; and
+/// with room, the session's thread reading them as they arrive (timing decides how they
+/// group into reads; a secure target does not care).
 #[test]
 fn an_empty_record_does_not_lose_the_pushes_after_it() {
     let _scene = Scene::new();
-    let mut target = peer();
-    target.ok("session");
-    let pid = target.pid;
-    let mut source = peer();
-    let sockets: Vec<(String, SocketAddr)> = (0..3).map(|_| udp(&mut source)).collect();
-    let reply = source.ok(&format!(
-        "push-seq {pid} {} empty {} {}",
-        sockets[0].0, sockets[1].0, sockets[2].0
-    ));
-    let infos: Vec<&str> = reply.split_whitespace().collect();
-    assert_eq!(infos.len(), 3);
-    // The target's references are the only ones left.
-    for (slot, _) in &sockets {
-        source.ok(&format!("close {slot}"));
-    }
     let mut violations = Vec::new();
-    for (n, (hex, (_, at))) in infos.iter().zip(&sockets).enumerate() {
-        let place = if n == 0 { "before" } else { "after" };
-        match target.cmd(&format!("redeem {hex}")) {
-            Ok(reply) => {
-                let slot = slot_of(&reply);
-                let got = local(&mut target, &slot);
-                if got != *at {
-                    violations.push(format!(
-                        "push {n} ({place} the empty record) redeemed as {got}, not {at}"
-                    ));
-                }
-                target.ok(&format!("close {slot}"));
-            }
-            Err(e) => violations.push(format!(
-                "push {n} ({place} the empty record) was lost although its sendmsg succeeded: {e}"
-            )),
+    for staged in [true, false] {
+        let mut target = peer();
+        target.ok(if staged {
+            "session capacity=1"
+        } else {
+            "session"
+        });
+        let pid = target.pid;
+        let filler = staged.then(|| {
+            let info = duplicate(UdpSocket::bind("127.0.0.1:0").unwrap(), pid).unwrap();
+            target.wait_pending(1);
+            to_hex(&info.to_bytes_w())
+        });
+        let mut source = peer();
+        let sockets: Vec<(String, SocketAddr)> = (0..3).map(|_| udp(&mut source)).collect();
+        let reply = source.ok(&format!(
+            "push-seq {pid} {} empty {} {}",
+            sockets[0].0, sockets[1].0, sockets[2].0
+        ));
+        let infos: Vec<&str> = reply.split_whitespace().collect();
+        assert_eq!(infos.len(), 3);
+        if staged {
+            assert_eq!(
+                target.pending(),
+                1,
+                "staging: the records wait in the queue"
+            );
         }
+        // The target's references are the only ones left.
+        for (slot, _) in &sockets {
+            source.ok(&format!("close {slot}"));
+        }
+        let run = if staged {
+            "behind a full table"
+        } else {
+            "read as they come"
+        };
+        for (n, (hex, (_, at))) in infos.iter().zip(&sockets).enumerate() {
+            let place = if n == 0 { "before" } else { "after" };
+            match target.cmd(&format!("redeem {hex}")) {
+                Ok(reply) => {
+                    let slot = slot_of(&reply);
+                    let got = local(&mut target, &slot);
+                    if got != *at {
+                        violations.push(format!(
+                            "{run}: push {n} ({place} the empty record) redeemed as {got}, \
+                             not {at}"
+                        ));
+                    }
+                    target.ok(&format!("close {slot}"));
+                }
+                Err(e) => violations.push(format!(
+                    "{run}: push {n} ({place} the empty record) was lost although its \
+                     sendmsg succeeded: {e}"
+                )),
+            }
+        }
+        if let Some(hex) = filler {
+            let reply = target.ok(&format!("redeem {hex}"));
+            target.ok(&format!("close {}", slot_of(&reply)));
+        }
+        source.finish();
+        sockshare::disconnect_all();
+        target.finish();
     }
-    source.finish();
-    target.finish();
     assert_secure("an empty record among pushes", &violations);
 }
 
