@@ -247,6 +247,237 @@ impl Drop for Peer {
     }
 }
 
+/// What the attack tests (tests/attacks_records.rs) ask of a target peer.
+impl Peer {
+    /// How many pushed sockets wait in the peer's session table.
+    pub fn pending(&mut self) -> usize {
+        self.ok("pending").parse().expect("pending count")
+    }
+
+    /// Waits until the peer's session holds at least `n` pushed sockets in its table: its
+    /// thread moves them from the kernel's queue on its own time. Panics if it never does.
+    pub fn wait_pending(&mut self, n: usize) {
+        for _ in 0..1000 {
+            if self.pending() >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!(
+            "peer {}: the session never held {n} pushed sockets",
+            self.pid
+        );
+    }
+
+    /// The peer's count of open descriptors, read from outside (/proc/PID/fd, as root):
+    /// right even when the peer is out of descriptors, where its own count (`fds`) cannot
+    /// open the directory. Counts the same as `fds`.
+    pub fn fds_outside(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+
+    /// Waits until the peer holds `n` descriptors (its session's thread lets go of closed
+    /// connections on its own time); panics with `what` if it never does.
+    pub fn wait_fds(&mut self, n: usize, what: &str) {
+        let mut now = self.fds();
+        for _ in 0..1000 {
+            if now == n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            now = self.fds();
+        }
+        panic!("peer {}: {what}: {now} descriptors, expected {n}", self.pid);
+    }
+}
+
+/// Protocol infos made or altered by hand, byte for byte, as an attacker would: the
+/// `WSAPROTOCOL_INFOW` layout that `sockshare::info` documents (offsets from
+/// `sockshare::info::offset`), with the integrity tag in `dwProviderReserved`. Only the
+/// W form (628 bytes); the attack tests need no other.
+///
+/// The layout is Windows' and stays; what names a pending socket inside it may not, so
+/// the wire side of every attack (what a hand-made push says) lives apart, in the
+/// `craft` module of src/bin/peer.rs.
+pub mod forge {
+    use sockshare::info::{offset, pfl, xp1, INFO_W_SIZE, PROVIDER_ID};
+    use sockshare::SocketKind;
+
+    /// The little-endian `u32` at `at`.
+    pub fn get_u32(w: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(w[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    /// Writes `v` little-endian at `at`.
+    pub fn put_u32(w: &mut [u8], at: usize, v: u32) {
+        w[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// The token an info carries for a socket pushed with `secret`: the first 8 bytes of
+    /// SHA-256 over a domain label and the secret (sys/linux/wire.rs `token_of`), written
+    /// again here so the tests check the library against the protocol, not itself.
+    pub fn token_of(secret: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"sockshare/v2 token\0")
+            .chain_update(secret.to_le_bytes())
+            .finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
+    /// The single-use token an info carries (`dwServiceFlags3`, `dwServiceFlags4`): what
+    /// anyone who sees the info in transit can read.
+    pub fn token(w: &[u8]) -> u64 {
+        u64::from(get_u32(w, offset::SERVICE_FLAGS3))
+            | u64::from(get_u32(w, offset::SERVICE_FLAGS4)) << 32
+    }
+
+    /// Writes the token.
+    pub fn put_token(w: &mut [u8], token: u64) {
+        put_u32(w, offset::SERVICE_FLAGS3, token as u32);
+        put_u32(w, offset::SERVICE_FLAGS4, (token >> 32) as u32);
+    }
+
+    /// The integrity tag the info carries (`dwProviderReserved`).
+    pub fn tag(w: &[u8]) -> u32 {
+        get_u32(w, offset::PROVIDER_RESERVED)
+    }
+
+    /// The tag the library computes for a W form: its CRC-32 with the tag's own field
+    /// zeroed (`tag_of` in info.rs).
+    pub fn tag_of(w: &[u8]) -> u32 {
+        let mut bytes = w.to_vec();
+        bytes[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
+        crc32fast::hash(&bytes)
+    }
+
+    /// Recomputes and writes the tag over the info as it now is: the check then passes,
+    /// with a tag that differs from the one the source sent beside the socket.
+    pub fn reseal(w: &mut [u8]) {
+        let tag = tag_of(w);
+        put_u32(w, offset::PROVIDER_RESERVED, tag);
+    }
+
+    /// Makes the info's CRC equal `tag` by choosing the 4 bytes at `at` (a field the
+    /// library carries but gives no meaning, such as a `ProtocolChain` entry), and writes
+    /// `tag` as the info's tag. CRC-32 is affine over GF(2): flipping a bit of the
+    /// message flips a fixed set of bits of the CRC whatever the rest is, so 32 free bits
+    /// solve for any CRC (any 32 consecutive bits are independent for CRC-32).
+    pub fn force_tag(w: &mut [u8], at: usize, tag: u32) {
+        put_u32(w, at, 0);
+        let base = tag_of(w);
+        // An xor basis of the bits' effects, by highest bit: (effect, bits chosen).
+        let mut basis: [Option<(u32, u32)>; 32] = [None; 32];
+        for bit in 0..32 {
+            put_u32(w, at, 1 << bit);
+            let (mut effect, mut chosen) = (tag_of(w) ^ base, 1u32 << bit);
+            while effect != 0 {
+                let top = 31 - effect.leading_zeros() as usize;
+                match basis[top] {
+                    Some((e, c)) => {
+                        effect ^= e;
+                        chosen ^= c;
+                    }
+                    None => {
+                        basis[top] = Some((effect, chosen));
+                        break;
+                    }
+                }
+            }
+        }
+        let (mut want, mut x) = (tag ^ base, 0u32);
+        while want != 0 {
+            let top = 31 - want.leading_zeros() as usize;
+            let (e, c) = basis[top].expect("32 consecutive bits force any CRC-32");
+            want ^= e;
+            x ^= c;
+        }
+        put_u32(w, at, x);
+        put_u32(w, offset::PROVIDER_RESERVED, tag);
+        assert_eq!(tag_of(w), tag, "the forced CRC");
+    }
+
+    /// `szProtocol` for `kind`, as the library names it.
+    fn provider_name(kind: SocketKind) -> String {
+        let v6 = if kind.family() == i32::from(socket2::Domain::IPV6) {
+            "v6"
+        } else {
+            ""
+        };
+        let name = if kind.is_tcp() {
+            format!("TCP/IP{v6}")
+        } else if kind.is_udp() {
+            format!("UDP/IP{v6}")
+        } else if kind.is_unix() && kind.is_stream() {
+            "UNIX STREAM".into()
+        } else if kind.is_unix() && kind.is_datagram() {
+            "UNIX DGRAM".into()
+        } else if kind.is_unix() && kind.ty() == socket2::Type::SEQPACKET {
+            "UNIX SEQPACKET".into()
+        } else {
+            return format!(
+                "sockshare [AF {} TYPE {}]",
+                kind.family(),
+                kind.socket_type()
+            );
+        };
+        format!("sockshare [{name}]")
+    }
+
+    /// The W form the library's `duplicate` makes for a socket of `kind` shared with
+    /// `pid` under `token`, tag included: every field written by hand, so an attacker
+    /// (or a test) can make one for any token.
+    pub fn info_w(kind: SocketKind, pid: u32, token: u64) -> [u8; INFO_W_SIZE] {
+        use xp1::*;
+        let connected = GUARANTEED_DELIVERY | GUARANTEED_ORDER | GRACEFUL_CLOSE;
+        let unix = kind.is_unix();
+        let flags = IFS_HANDLES
+            | if kind.is_tcp() {
+                connected | EXPEDITED_DATA
+            } else if kind.is_udp() {
+                SUPPORT_MULTIPOINT | SUPPORT_BROADCAST | MESSAGE_ORIENTED | CONNECTIONLESS
+            } else if unix && kind.is_stream() {
+                connected
+            } else if unix && kind.is_datagram() {
+                MESSAGE_ORIENTED | CONNECTIONLESS | GUARANTEED_DELIVERY | GUARANTEED_ORDER
+            } else if unix && kind.ty() == socket2::Type::SEQPACKET {
+                connected | MESSAGE_ORIENTED
+            } else {
+                0
+            };
+        let (min, max) = match kind.domain() {
+            socket2::Domain::IPV4 => (16, 16),
+            socket2::Domain::IPV6 => (28, 28),
+            socket2::Domain::UNIX => (2, 110),
+            _ => (0, 0),
+        };
+        let mut w = [0u8; INFO_W_SIZE];
+        put_u32(&mut w, offset::SERVICE_FLAGS1, flags);
+        put_u32(&mut w, offset::SERVICE_FLAGS2, pid);
+        put_token(&mut w, token);
+        put_u32(&mut w, offset::PROVIDER_FLAGS, pfl::MATCHES_PROTOCOL_ZERO);
+        w[offset::PROVIDER_ID..offset::PROVIDER_ID + 16].copy_from_slice(&PROVIDER_ID);
+        let catalog = 1000 + (kind.family() as u32 & 0xff) * 16 + (kind.socket_type() as u32 & 0xf);
+        put_u32(&mut w, offset::CATALOG_ENTRY_ID, catalog);
+        put_u32(&mut w, offset::PROTOCOL_CHAIN, 1); // BASE_PROTOCOL
+        put_u32(&mut w, offset::VERSION, 2);
+        put_u32(&mut w, offset::ADDRESS_FAMILY, kind.family() as u32);
+        put_u32(&mut w, offset::MAX_SOCKADDR, max);
+        put_u32(&mut w, offset::MIN_SOCKADDR, min);
+        put_u32(&mut w, offset::SOCKET_TYPE, kind.socket_type() as u32);
+        put_u32(&mut w, offset::PROTOCOL, kind.protocol() as u32);
+        put_u32(&mut w, offset::NETWORK_BYTE_ORDER, u32::from(unix));
+        let message_size = if kind.is_udp() { 0xffbb } else { 0 };
+        put_u32(&mut w, offset::MESSAGE_SIZE, message_size);
+        for (i, unit) in provider_name(kind).encode_utf16().enumerate() {
+            let at = offset::SZ_PROTOCOL + 2 * i;
+            w[at..at + 2].copy_from_slice(&unit.to_le_bytes());
+        }
+        reseal(&mut w);
+        w
+    }
+}
+
 /// The abstract socket names (without the leading NUL) under which process `pid` would
 /// serve its session, every one of them: hostile peers squat or connect to each, so this
 /// is the one place that knows the naming scheme. Today's library binds the single name
@@ -254,7 +485,12 @@ impl Drop for Peer {
 /// `sockshare/v2/<pid>.<starttime>.<i>` for `i` in `0..16`, with [`start_time`]) is one
 /// edit here; the names are then those of the process that has `pid` when this is called.
 pub fn endpoint_names(pid: u32) -> Vec<Vec<u8>> {
-    vec![format!("sockshare/v1/{pid}").into_bytes()]
+    let Some(start) = start_time(pid) else {
+        return Vec::new();
+    };
+    (0..16)
+        .map(|i| format!("sockshare/v2/{pid}.{start}.{i}").into_bytes())
+        .collect()
 }
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of
@@ -269,11 +505,11 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The 16-byte handshake reply a session sends a source it admits (wire.rs: magic, version
-/// 1, verdict 1 "accepted", zeros); a fake session answers with it.
+/// 2, verdict 1 "accepted", zeros); a fake session answers with it.
 pub fn accepted_reply() -> [u8; 16] {
     let mut r = [0u8; 16];
     r[..4].copy_from_slice(b"SSHR");
-    r[4..6].copy_from_slice(&1u16.to_le_bytes());
+    r[4..6].copy_from_slice(&2u16.to_le_bytes());
     r[6..8].copy_from_slice(&1u16.to_le_bytes());
     r
 }

@@ -367,8 +367,9 @@ fn fork_child_of_a_target_redeems(how: &str) {
 }
 
 /// S24 (a): a child a target forks with `how` (skipping the fork handlers) keeps none of
-/// the parent's pending sockets: once the parent's session lets go of a pending
-/// connection, its peer sees EOF while the child lives.
+/// the parent's pending sockets once it has called into sockshare (nothing can close
+/// them before: Linux has no close-on-fork): once the parent's session lets go of a
+/// pending connection, its peer sees EOF while the child lives.
 fn fork_child_of_a_target_holds(how: &str) {
     let _scene = Scene::new();
     let mut target = peer();

@@ -8,10 +8,9 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::sync::MutexGuard;
 use std::time::Duration;
 
-use conformance::{count_fds, from_hex, info_from_hex, serial, to_hex, Peer, PeerCommand};
+use conformance::{from_hex, info_from_hex, to_hex, Peer, PeerCommand, Scene};
 use sockshare::{duplicate, ErrorKind, Policy, ProtocolInfo, Session};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -19,45 +18,6 @@ const NOBODY: u32 = 65534;
 
 fn peer() -> Peer {
     PeerCommand::new(PEER).spawn()
-}
-
-/// One test's run: serialises tests and checks this process's descriptors at the end.
-struct Scene {
-    fds: usize,
-    _lock: MutexGuard<'static, ()>,
-}
-
-impl Scene {
-    fn new() -> Scene {
-        let lock = serial();
-        // A test that failed left its connections cached; start from none.
-        sockshare::disconnect_all();
-        Scene {
-            fds: count_fds(),
-            _lock: lock,
-        }
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        sockshare::disconnect_all();
-        let now = count_fds();
-        if now != self.fds {
-            let open: Vec<String> = std::fs::read_dir("/proc/self/fd")
-                .unwrap()
-                .flatten()
-                .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
-                .collect();
-            panic!(
-                "the test process leaked descriptors: {} before, {now} after; open: {open:?}",
-                self.fds
-            );
-        }
-    }
 }
 
 /// A scene with one peer that has started a session.
@@ -1033,19 +993,9 @@ fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on()
     drop(scene);
 }
 
-/// A peer whose pid is `pid`: as root, sets the kernel's last-allocated pid just below it
-/// before each start (`ns_last_pid`), retrying while other processes take the number.
+/// A peer whose pid is `pid` (see `conformance::peer_with_pid`).
 fn peer_with_pid(pid: u32) -> Peer {
-    for _ in 0..1000 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("set ns_last_pid (the tests run as root)");
-        let p = peer();
-        if p.pid == pid {
-            return p;
-        }
-        p.exit();
-    }
-    panic!("could not start a process with pid {pid}");
+    conformance::peer_with_pid(pid, || PeerCommand::new(PEER))
 }
 
 #[test]

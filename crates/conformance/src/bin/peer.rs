@@ -11,10 +11,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use conformance::{
-    accepted_reply, count_fds, endpoint_names, info_from_hex, io_error, outcome, to_hex, wsa_error,
+    accepted_reply, count_fds, endpoint_names, from_hex, info_from_hex, io_error, outcome, to_hex,
+    wsa_error,
 };
 use socket2::{Domain, SockAddr, Socket, Type};
-use sockshare::{Policy, Session};
+use sockshare::{Policy, Session, SocketKind};
 
 type Reply = Result<String, String>;
 
@@ -27,6 +28,9 @@ struct Peer {
     flood: Vec<OwnedFd>,
     /// A hostile listener posing as a session (`fake-session`).
     fake: Option<FakeSession>,
+    /// Admitted connections to sessions' endpoints that this peer speaks on by hand
+    /// (`raw-connect`, `push-seq`), by number.
+    raw: Vec<Option<OwnedFd>>,
 }
 
 fn main() {
@@ -111,6 +115,7 @@ impl Peer {
                 self.filler.clear();
                 self.flood.clear();
                 self.fake = None;
+                self.raw.clear();
                 Ok(String::new())
             }
             "disconnect" => {
@@ -291,6 +296,7 @@ impl Peer {
             "fork" => self.fork(w),
             "raw-push" => self.raw_push(w),
             "flood-connect" => self.flood_connect(w),
+            "flood-burst" => self.flood_burst(w),
             "garbage" => self.garbage(w),
             "squat" => self.squat(w),
             "send-fds" => self.send_fds(w),
@@ -304,6 +310,12 @@ impl Peer {
                 rustix::process::getuid().as_raw(),
                 rustix::process::geteuid().as_raw()
             )),
+            "raw-connect" => self.raw_connect(w),
+            "substitute" => self.substitute(w),
+            "push-seq" => self.push_seq(w),
+            "local" => self.local(w),
+            "dup-flood" => self.dup_flood(w),
+            "redeem-timed" => self.redeem_timed(w),
             "stress-target" => conformance::stress::target(self.session()?, arg(w, 1)?),
             "stress-source" => conformance::stress::source(arg(w, 1)?),
             other => Err(format!("io unknown command {other}")),
@@ -375,9 +387,7 @@ impl Peer {
         let pid: u32 = num(w, 1)?;
         let fd = self.slot(w, 2)?.as_fd();
         let sock = endpoint(pid).map_err(io_error)?;
-        let mut record = header(0x10, 1);
-        record.extend_from_slice(&[7u8; 16]);
-        match send_record(&sock, &record, &[fd]) {
+        match send_record(&sock, &craft::early_push(), &[fd]) {
             Ok(()) => {}
             // The session refused and closed before our push went out.
             Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
@@ -422,6 +432,34 @@ impl Peer {
         Ok(format!("accepted={a} busy={b} refused={r} failed={f}"))
     }
 
+    /// `flood-burst PID N`: opens N connections to PID's session as fast as it can,
+    /// reading no verdict until all are open, so they pile up in the endpoint's backlog
+    /// (`flood-connect` waits for each verdict: one waits there at a time). Then reads the
+    /// verdicts and closes them all. Replies as `flood-connect`.
+    fn flood_burst(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let n: usize = num(w, 2)?;
+        let mut counts = [0usize; 4];
+        let mut open = Vec::with_capacity(n);
+        for _ in 0..n {
+            match endpoint(pid) {
+                Ok(sock) => open.push(sock),
+                Err(_) => counts[3] += 1,
+            }
+        }
+        for sock in &open {
+            let i = match verdict(sock) {
+                "accepted" => 0,
+                "busy" => 1,
+                "refused" | "reset" => 2,
+                _ => 3,
+            };
+            counts[i] += 1;
+        }
+        let [a, b, r, f] = counts;
+        Ok(format!("accepted={a} busy={b} refused={r} failed={f}"))
+    }
+
     /// `garbage PID KIND N SLOT`: N times, connects to PID's session and sends one
     /// malformed message of KIND (see `malformed`) carrying copies of the socket in SLOT,
     /// then closes. Replies `sent=S refused=R`: messages the kernel took, and connections
@@ -439,7 +477,8 @@ impl Peer {
                 refused += 1;
                 continue;
             }
-            let (record, fds) = malformed(kind, i as u64).ok_or("io unknown garbage kind")?;
+            let (record, fds) =
+                craft::malformed(kind, i as u64).ok_or("io unknown garbage kind")?;
             if kind == "silent" {
                 continue;
             }
@@ -453,6 +492,331 @@ impl Peer {
             }
         }
         Ok(format!("sent={sent} refused={refused}"))
+    }
+
+    /// The raw connection numbered by argument `i`.
+    fn raw(&self, w: &[&str], i: usize) -> Result<&OwnedFd, String> {
+        let n: usize = num(w, i)?;
+        self.raw
+            .get(n)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("io no raw connection {n}"))
+    }
+
+    /// `raw-connect PID`: connects to PID's session by hand and keeps the connection if
+    /// the session admits it, to push on later (`substitute`). Replies with its number;
+    /// fails with `io verdict V` otherwise. Connecting early fixes the order in which the
+    /// session serves this connection among others (it gets the lowest free slot).
+    fn raw_connect(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let sock = endpoint(pid).map_err(io_error)?;
+        match verdict(&sock) {
+            "accepted" => {
+                self.raw.push(Some(sock));
+                Ok((self.raw.len() - 1).to_string())
+            }
+            v => Err(format!("io verdict {v}")),
+        }
+    }
+
+    /// `substitute CONN HEX SLOT`: the substitution attack (S20). Copies everything that
+    /// can be read from the info HEX, seen in transit, into a push of its own that carries
+    /// the socket in SLOT instead, and sends it on raw connection CONN.
+    fn substitute(&mut self, w: &[&str]) -> Reply {
+        let sock = self.raw(w, 1)?;
+        let info = from_hex(arg(w, 2)?).ok_or("io bad hex")?;
+        let entry = craft::lift(&info).ok_or("io not a protocol info")?;
+        let fd = self.slot(w, 3)?.as_fd();
+        send_record(sock, &craft::craft_push(&[entry]), &[fd]).map_err(|e| io_error(e.into()))?;
+        Ok(String::new())
+    }
+
+    /// `push-seq PID ITEM...`: connects to PID's session by hand, reads its verdict, then
+    /// sends one record per ITEM on that one connection: a slot number is a well-formed
+    /// push of that socket, made by hand with its info (`craft::handoff`); `empty` is a
+    /// zero-length record with no descriptor. Keeps the connection open (until
+    /// `close-all`) and replies with the infos of the pushes, in order, in hex.
+    fn push_seq(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let sock = endpoint(pid).map_err(io_error)?;
+        match verdict(&sock) {
+            "accepted" => {}
+            v => return Err(format!("io verdict {v}")),
+        }
+        let mut infos = Vec::new();
+        for (i, item) in w.iter().enumerate().skip(2) {
+            let sent = if *item == "empty" {
+                send_record(&sock, &craft::empty_record(), &[])
+            } else {
+                let s = self.slot(w, i)?;
+                let (entry, info) = craft::handoff(kind_of(s)?, pid);
+                infos.push(to_hex(&info));
+                send_record(&sock, &craft::craft_push(&[entry]), &[s.as_fd()])
+            };
+            sent.map_err(|e| io_error(e.into()))?;
+        }
+        self.raw.push(Some(sock));
+        Ok(infos.join(" "))
+    }
+
+    /// `local SLOT`: the local address of the socket in SLOT.
+    fn local(&mut self, w: &[&str]) -> Reply {
+        let addr = self.slot(w, 1)?.local_addr().map_err(io_error)?;
+        addr.as_socket()
+            .map(|a| a.to_string())
+            .ok_or_else(|| "io not an inet socket".to_owned())
+    }
+
+    /// `dup-flood PID`: duplicates fresh UDP sockets (bound on loopback, closed here at
+    /// once) for PID until its queue is full (WSAENOBUFS). Replies with the infos of those
+    /// it took, in hex, in order.
+    fn dup_flood(&mut self, w: &[&str]) -> Reply {
+        let pid: u32 = num(w, 1)?;
+        let mut infos = Vec::new();
+        loop {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(io_error)?;
+            let any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "io bad address")?;
+            s.bind(&any.into()).map_err(io_error)?;
+            match sockshare::duplicate(&s, pid) {
+                Ok(info) => infos.push(to_hex(&info.to_bytes_w())),
+                Err(e) if e.kind() == sockshare::ErrorKind::NoBufferSpace => break,
+                Err(e) => return Err(wsa_error(e)),
+            }
+            if infos.len() >= 10_000 {
+                return Err("io the queue never filled".into());
+            }
+        }
+        Ok(infos.join(" "))
+    }
+
+    /// `redeem-timed HEX`: as `redeem`, and how long the library's redeem took in this
+    /// process (no pipe in the measure). Replies `SLOT MICROS`.
+    fn redeem_timed(&mut self, w: &[&str]) -> Reply {
+        let info = info_from_hex(arg(w, 1)?)?;
+        let session = self.session()?;
+        let start = Instant::now();
+        let shared = session.redeem(&info);
+        let took = start.elapsed().as_micros();
+        let slot = self.put(Socket::from(shared.map_err(wsa_error)?));
+        Ok(format!("{slot} {took}"))
+    }
+}
+
+/// Family, type and protocol of a socket, as `duplicate` reads them.
+fn kind_of(s: &Socket) -> Result<SocketKind, String> {
+    let family = s.domain().map_err(io_error)?;
+    let ty = s.r#type().map_err(io_error)?;
+    let protocol = s.protocol().map_err(io_error)?.map_or(0, i32::from);
+    Ok(SocketKind::new(family.into(), ty.into(), protocol))
+}
+
+// =====================================================================================
+// HAND-MADE WIRE RECORDS. Every byte of the session's push protocol that this peer
+// writes itself comes from this module (the library's `duplicate` writes the genuine
+// ones): adapt it here, alone, when the push format changes.
+// =====================================================================================
+
+/// The records a hostile or hand-rolled source sends. Today's format (sys/linux/wire.rs):
+/// a 16-byte header `magic "SSHR", version 2 u16, PUSH 0x10 u16, count u32, 0 u32`, then
+/// per socket `secret u64, kind u32, 0 u32`, with one descriptor per entry; the info
+/// names the socket by `token_of(secret)`, and `kind` packs family, type and protocol.
+mod craft {
+    use conformance::forge;
+    use sockshare::{SocketKind, INFO_W_SIZE};
+
+    /// What a push says about one of its sockets.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Entry {
+        /// The secret the info's token derives from.
+        pub secret: u64,
+        /// Family, type and protocol of the socket.
+        pub kind: SocketKind,
+    }
+
+    /// The entry an attacker makes of an info it sees in transit (628 or 372 bytes),
+    /// copying everything it can read there: the token (in place of the secret it cannot
+    /// know) and the kind. `None` if too short.
+    pub fn lift(info: &[u8]) -> Option<Entry> {
+        use sockshare::info::offset;
+        if info.len() < offset::SZ_PROTOCOL {
+            return None;
+        }
+        let word = |at| forge::get_u32(info, at) as i32;
+        Some(Entry {
+            secret: forge::token(info),
+            kind: SocketKind::new(
+                word(offset::ADDRESS_FAMILY),
+                word(offset::SOCKET_TYPE),
+                word(offset::PROTOCOL),
+            ),
+        })
+    }
+
+    /// A push record naming `entries`, to be sent with as many descriptors, in order.
+    pub fn craft_push(entries: &[Entry]) -> Vec<u8> {
+        let mut r = header(0x10, entries.len() as u32);
+        for e in entries {
+            let k = e.kind;
+            let packed = (k.family() as u32 & 0xff)
+                | (k.socket_type() as u32 & 0xff) << 8
+                | (k.protocol() as u32 & 0xffff) << 16;
+            r.extend_from_slice(&e.secret.to_le_bytes());
+            r.extend_from_slice(&packed.to_le_bytes());
+            r.extend_from_slice(&[0u8; 4]);
+        }
+        r
+    }
+
+    /// A well-formed handoff made by hand, as `duplicate` would for a socket of `kind`
+    /// and the target `pid`: the entry to push and the info the target will redeem.
+    pub fn handoff(kind: SocketKind, pid: u32) -> (Entry, [u8; INFO_W_SIZE]) {
+        let mut secret = [0u8; 8];
+        rustix::rand::getrandom(&mut secret, rustix::rand::GetRandomFlags::empty())
+            .expect("getrandom");
+        let secret = u64::from_le_bytes(secret);
+        let info = forge::info_w(kind, pid, forge::token_of(secret));
+        (Entry { secret, kind }, info)
+    }
+
+    /// A zero-length record, sent with no descriptor.
+    pub fn empty_record() -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// The push `raw-push` sends before reading the verdict: one entry of junk.
+    pub fn early_push() -> Vec<u8> {
+        let junk = Entry {
+            secret: 0x0707_0707_0707_0707,
+            kind: udp4(),
+        };
+        craft_push(&[junk])
+    }
+
+    fn udp4() -> SocketKind {
+        SocketKind::new(
+            socket2::Domain::IPV4.into(),
+            socket2::Type::DGRAM.into(),
+            17,
+        )
+    }
+
+    /// A malformed message of `kind` and how many descriptors go with it; `seed` varies its
+    /// token. Each breaks the push format one way.
+    pub fn malformed(kind: &str, seed: u64) -> Option<(Vec<u8>, usize)> {
+        let entry = |secret: u64| Entry {
+            secret,
+            kind: udp4(),
+        };
+        let token = 0x5eed_0000_0000_0000 | seed;
+        let push1 = || craft_push(&[entry(token)]);
+        Some(match kind {
+            "magic" => {
+                let mut r = push1();
+                r[0] = b'X';
+                (r, 1)
+            }
+            "version" => {
+                let mut r = push1();
+                r[4] = 9;
+                (r, 1)
+            }
+            // The count says two entries, one follows.
+            "count" => {
+                let mut r = push1();
+                r[8] = 2;
+                (r, 1)
+            }
+            // A count past what one message can carry.
+            "huge-count" => {
+                let mut r = push1();
+                r[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+                (r, 1)
+            }
+            "fds-only" | "zero" => (Vec::new(), usize::from(kind == "fds-only")),
+            "no-fds" => (push1(), 0),
+            "fewer-fds" => (craft_push(&[0, 1, 2].map(|i| entry(token + i))), 2),
+            "more-fds" => (push1(), 3),
+            "too-many-fds" => (push1(), 254),
+            "half" => (push1()[..24].to_vec(), 1),
+            "junk" => ((0..4096u32).map(|i| (i * 31 + 7) as u8).collect(), 3),
+            "dup-token" => (craft_push(&[entry(token), entry(token)]), 2),
+            "early" | "silent" => (push1(), 1),
+            _ => return None,
+        })
+    }
+
+    /// The 16-byte header of a record: magic, version 2, `kind`, `word`.
+    fn header(kind: u16, word: u32) -> Vec<u8> {
+        let mut h = b"SSHR".to_vec();
+        h.extend_from_slice(&2u16.to_le_bytes());
+        h.extend_from_slice(&kind.to_le_bytes());
+        h.extend_from_slice(&word.to_le_bytes());
+        h.extend_from_slice(&[0u8; 4]);
+        h
+    }
+}
+
+/// A raw connection to `pid`'s session endpoint.
+fn endpoint(pid: u32) -> std::io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Whichever of the session's names answers first.
+    let mut connected = Err(rustix::io::Errno::CONNREFUSED);
+    for name in endpoint_names(pid) {
+        let addr = SocketAddrUnix::new_abstract_name(&name)?;
+        connected = rustix::net::connect(&sock, &addr);
+        if connected.is_ok() {
+            break;
+        }
+    }
+    connected?;
+    rustix::net::sockopt::set_socket_timeout(
+        &sock,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(10)),
+    )?;
+    Ok(sock)
+}
+
+/// Sends one record with `fds` attached.
+fn send_record(
+    sock: &OwnedFd,
+    record: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), rustix::io::Errno> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(rustix::io::Errno::NOBUFS);
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(record)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map(drop)
+}
+
+/// The session's verdict on a connection, by name.
+fn verdict(sock: &OwnedFd) -> &'static str {
+    let mut verdict = [0u8; 16];
+    match rustix::net::recv(sock, &mut verdict, rustix::net::RecvFlags::empty()) {
+        Ok((16, _)) => match verdict[6] {
+            1 => "accepted",
+            2 => "refused",
+            3 => "busy",
+            _ => "garbled",
+        },
+        Ok(_) => "garbled",
+        Err(rustix::io::Errno::CONNRESET) => "reset",
+        Err(_) => "garbled",
     }
 }
 
@@ -536,8 +900,9 @@ impl Peer {
     /// `pthread_atfork` handlers: HOW is `_Fork` (glibc's) or `clone` (the raw system
     /// call); or `fork`, with them, as the tests' control. ACTION in the child: `redeem HEX` (with the inherited session; reports the
     /// outcome and the child's descriptor count), `dup SLOT PID` (reports the info's hex or
-    /// `err WSANAME`), or `hold SECS` (sleeps holding what it inherited; the reply is its
-    /// pid, for `reap`). The child dies with this peer. A child that does not report
+    /// `err WSANAME`), or `hold SECS` (makes one call into sockshare, as any use of it in
+    /// the child would, then sleeps holding what it still holds; the reply, once that call
+    /// returned, is its pid, for `reap`). The child dies with this peer. A child that does not report
     /// within 10 s is killed, and the reply is `hung`.
     fn xfork(&mut self, w: &[&str]) -> Reply {
         let how = arg(w, 1)?;
@@ -554,6 +919,13 @@ impl Peer {
                 unsafe { libc::_exit(1) }
             }
             drop(read);
+            if action == "hold" {
+                // The first call into sockshare is where a child made without the fork
+                // handlers can notice it is new and let go of what it inherited; nothing
+                // can do that before. Tell the parent once it is done.
+                sockshare::current_pid();
+                let _ = rustix::io::write(&write, b"held");
+            }
             let report = self.in_unhandled_child(action, w);
             let _ = rustix::io::write(&write, report.as_bytes());
             // SAFETY: leaving the child without running the parent's exit handlers or
@@ -562,7 +934,11 @@ impl Peer {
         }
         drop(write);
         if action == "hold" {
-            return Ok(child.to_string());
+            let mut held = [0u8; 4];
+            return match rustix::io::read(&read, &mut held) {
+                Ok(4) => Ok(child.to_string()),
+                _ => Err("io the held child did not start".into()),
+            };
         }
         let report = read_report(read, Duration::from_secs(10));
         let report = match report {
@@ -814,137 +1190,4 @@ fn recv_with_fds(
         }
     }
     Ok((msg.bytes, fds))
-}
-
-/// A malformed message of `kind` and how many descriptors go with it; `seed` varies its
-/// token. Each breaks the push format one way.
-fn malformed(kind: &str, seed: u64) -> Option<(Vec<u8>, usize)> {
-    let entry = |token: u64| {
-        let mut e = token.to_le_bytes().to_vec();
-        e.extend_from_slice(&[0u8; 8]);
-        e
-    };
-    let token = 0x5eed_0000_0000_0000 | seed;
-    let push1 = || {
-        let mut r = header(0x10, 1);
-        r.extend(entry(token));
-        r
-    };
-    Some(match kind {
-        "magic" => {
-            let mut r = push1();
-            r[0] = b'X';
-            (r, 1)
-        }
-        "version" => {
-            let mut r = push1();
-            r[4] = 9;
-            (r, 1)
-        }
-        // The count says two entries, one follows.
-        "count" => {
-            let mut r = push1();
-            r[8] = 2;
-            (r, 1)
-        }
-        // A count past what one message can carry.
-        "huge-count" => {
-            let mut r = push1();
-            r[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-            (r, 1)
-        }
-        "fds-only" | "zero" => (Vec::new(), usize::from(kind == "fds-only")),
-        "no-fds" => (push1(), 0),
-        "fewer-fds" => {
-            let mut r = header(0x10, 3);
-            (0..3).for_each(|i| r.extend(entry(token + i)));
-            (r, 2)
-        }
-        "more-fds" => (push1(), 3),
-        "too-many-fds" => (push1(), 254),
-        "half" => (push1()[..24].to_vec(), 1),
-        "junk" => ((0..4096u32).map(|i| (i * 31 + 7) as u8).collect(), 3),
-        "dup-token" => {
-            let mut r = header(0x10, 2);
-            r.extend(entry(token));
-            r.extend(entry(token));
-            (r, 2)
-        }
-        "early" | "silent" => (push1(), 1),
-        _ => return None,
-    })
-}
-
-/// The 16-byte header of a record: magic, version 1, `kind`, `word`.
-fn header(kind: u16, word: u32) -> Vec<u8> {
-    let mut h = b"SSHR".to_vec();
-    h.extend_from_slice(&1u16.to_le_bytes());
-    h.extend_from_slice(&kind.to_le_bytes());
-    h.extend_from_slice(&word.to_le_bytes());
-    h.extend_from_slice(&[0u8; 4]);
-    h
-}
-
-/// A raw connection to `pid`'s session endpoint.
-fn endpoint(pid: u32) -> std::io::Result<OwnedFd> {
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    // Whichever of the session's names answers first.
-    let mut connected = Err(rustix::io::Errno::CONNREFUSED);
-    for name in endpoint_names(pid) {
-        let addr = SocketAddrUnix::new_abstract_name(&name)?;
-        connected = rustix::net::connect(&sock, &addr);
-        if connected.is_ok() {
-            break;
-        }
-    }
-    connected?;
-    rustix::net::sockopt::set_socket_timeout(
-        &sock,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(Duration::from_secs(10)),
-    )?;
-    Ok(sock)
-}
-
-/// Sends one record with `fds` attached.
-fn send_record(
-    sock: &OwnedFd,
-    record: &[u8],
-    fds: &[std::os::fd::BorrowedFd<'_>],
-) -> Result<(), rustix::io::Errno> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(rustix::io::Errno::NOBUFS);
-    }
-    rustix::net::sendmsg(
-        sock,
-        &[std::io::IoSlice::new(record)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map(drop)
-}
-
-/// The session's verdict on a connection, by name.
-fn verdict(sock: &OwnedFd) -> &'static str {
-    let mut verdict = [0u8; 16];
-    match rustix::net::recv(sock, &mut verdict, rustix::net::RecvFlags::empty()) {
-        Ok((16, _)) => match verdict[6] {
-            1 => "accepted",
-            2 => "refused",
-            3 => "busy",
-            _ => "garbled",
-        },
-        Ok(_) => "garbled",
-        Err(rustix::io::Errno::CONNRESET) => "reset",
-        Err(_) => "garbled",
-    }
 }
