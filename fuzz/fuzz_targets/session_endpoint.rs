@@ -18,7 +18,7 @@ use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
     SocketAddrUnix, SocketFlags, SocketType,
 };
-use sockshare::fuzzing::{parse_reply, push, MAX_FDS};
+use sockshare::fuzzing::{endpoint_name, parse_reply, push, MAX_FDS};
 use sockshare::{ProtocolInfo, Session};
 
 #[derive(Arbitrary, Debug)]
@@ -68,8 +68,8 @@ fn connect(pid: u32) -> OwnedFd {
         None,
     )
     .expect("socket");
-    let addr = SocketAddrUnix::new_abstract_name(format!("sockshare/v1/{pid}").as_bytes())
-        .expect("address");
+    let name = endpoint_name(pid).expect("the session's name");
+    let addr = SocketAddrUnix::new_abstract_name(&name).expect("address");
     rustix::net::connect(&sock, &addr).expect("connect to the session");
     let mut verdict = [0u8; 17];
     let (n, _) = rustix::net::recv(&sock, &mut verdict, RecvFlags::empty()).expect("verdict");

@@ -8,6 +8,9 @@
 // Linux: these drive the Linux backend's endpoint and its system calls directly.
 #![cfg(target_os = "linux")]
 
+mod common;
+use common::endpoint_name;
+
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
@@ -17,15 +20,6 @@ use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
     SocketType,
 };
-
-/// The first name of this process's session endpoint (`sockshare/v2/<pid>.<start>.0`,
-/// the start time being field 22 of /proc/self/stat), which a session binds when no other
-/// process holds it.
-fn endpoint_name(pid: u32) -> String {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let start = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap();
-    format!("sockshare/v2/{pid}.{start}.0")
-}
 
 fn count_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() - 1)

@@ -7,6 +7,9 @@
 // Linux: these drive the Linux backend's endpoint and its system calls directly.
 #![cfg(target_os = "linux")]
 
+mod common;
+use common::endpoint_name;
+
 use std::mem::MaybeUninit;
 use std::net::UdpSocket;
 use std::os::unix::thread::JoinHandleExt;
@@ -31,10 +34,11 @@ fn a_signal_during_the_handshake_does_not_fail_duplicate() {
             0
         );
     }
-    // A stand-in for this process's session (this binary starts none) that answers late.
+    // A stand-in for this process's session (this binary starts none) that answers late;
+    // this process answers, so the kernel's credentials on the answer name the right pid.
     let pid = sockshare::current_pid();
     let listener = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
-    let name = SocketAddrUnix::new_abstract_name(format!("sockshare/v1/{pid}").as_bytes()).unwrap();
+    let name = SocketAddrUnix::new_abstract_name(endpoint_name(pid).as_bytes()).unwrap();
     rustix::net::bind(&listener, &name).unwrap();
     rustix::net::listen(&listener, 4).unwrap();
 
@@ -51,7 +55,7 @@ fn a_signal_during_the_handshake_does_not_fail_duplicate() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut accepted = b"SSHR".to_vec();
-    accepted.extend_from_slice(&1u16.to_le_bytes()); // version
+    accepted.extend_from_slice(&2u16.to_le_bytes()); // version
     accepted.extend_from_slice(&1u16.to_le_bytes()); // verdict: accepted
     accepted.extend_from_slice(&[0u8; 8]);
     // The source may already have given up and closed: its result says so below.

@@ -23,9 +23,13 @@ use rustix::io::Errno;
 
 /// Records one peek takes at most.
 pub(super) const MAX_RECORDS: usize = 32;
+/// Peeks of nothing but empty records, from a peer that is gone, that mean the end.
+const EMPTY_ROUNDS: usize = 8;
 
 /// What a peek gave for one record, beside its bytes.
 pub(super) struct Meta {
+    /// Where the record's bytes are in the batch's buffers (see [`Batch::record`]).
+    slot: usize,
     /// Bytes of the record (more than the record capacity means it was too long).
     pub len: usize,
     /// The descriptors the kernel installed for us.
@@ -70,9 +74,9 @@ impl Batch {
         }
     }
 
-    /// The bytes of record `i` of the last peek.
-    pub(super) fn record(&self, i: usize, meta: &Meta) -> &[u8] {
-        let start = i * (self.record_cap + 1);
+    /// The bytes of a record of the last peek.
+    pub(super) fn record(&self, meta: &Meta) -> &[u8] {
+        let start = meta.slot * (self.record_cap + 1);
         &self.bytes[start..start + meta.len.min(self.record_cap + 1)]
     }
 
@@ -81,6 +85,31 @@ impl Batch {
     /// when `wait`; an empty `Vec` means nothing is queued. `Err(PIPE)` when the peer has
     /// closed and nothing is left.
     pub(super) fn peek(&mut self, fd: BorrowedFd<'_>, wait: bool) -> Result<Vec<Meta>, Errno> {
+        // The end of the stream reads as empty records too, again and again. Once the peer
+        // is gone, a few rounds of nothing but empty records are taken for the end; a
+        // peer that closed after more empty records than that loses what it sent after
+        // them (sockshare never sends one).
+        let mut empty_rounds = 0;
+        loop {
+            match self.peek_once(fd, wait)? {
+                // Only empty records: each is shown to a peek once, so peek again for what
+                // follows them.
+                (n, out) if n > 0 && out.is_empty() => {
+                    if peer_gone(fd) {
+                        empty_rounds += 1;
+                        if empty_rounds == EMPTY_ROUNDS {
+                            return Err(Errno::PIPE);
+                        }
+                    }
+                }
+                (_, out) => return Ok(out),
+            }
+        }
+    }
+
+    /// One `recvmmsg` of `peek`: how many entries the kernel returned, and those with
+    /// bytes.
+    fn peek_once(&mut self, fd: BorrowedFd<'_>, wait: bool) -> Result<(usize, Vec<Meta>), Errno> {
         let stride = self.record_cap + 1;
         let words = self.control_space / 8;
         let count = self.records;
@@ -127,25 +156,22 @@ impl Batch {
             }
             match last_errno() {
                 Errno::INTR => {}
-                Errno::AGAIN if !wait => return Ok(Vec::new()),
+                Errno::AGAIN if !wait => return Ok((0, Vec::new())),
                 e => return Err(e),
             }
         };
         let mut out = Vec::with_capacity(n);
-        for m in msgs.iter().take(n) {
+        for (slot, m) in msgs.iter().take(n).enumerate() {
             // SAFETY: the kernel filled this header's control buffer with `msg_controllen`
             // bytes of well-formed cmsgs.
-            let meta = unsafe { read_meta(m) };
+            let meta = unsafe { read_meta(slot, m) };
             // Read even when dropped: the kernel installed copies of every peeked
             // record's descriptors, and dropping `meta` closes them.
             if meta.len > 0 {
                 out.push(meta);
             }
         }
-        if n > 0 && out.is_empty() && peer_gone(fd) {
-            return Err(Errno::PIPE);
-        }
-        Ok(out)
+        Ok((n, out))
     }
 }
 
@@ -171,8 +197,9 @@ fn peer_gone(fd: BorrowedFd<'_>) -> bool {
 ///
 /// # Safety
 /// `m` must be a header `recvmmsg` just filled, its control buffer still alive.
-unsafe fn read_meta(m: &libc::mmsghdr) -> Meta {
+unsafe fn read_meta(slot: usize, m: &libc::mmsghdr) -> Meta {
     let mut meta = Meta {
+        slot,
         len: m.msg_len as usize,
         fds: Vec::new(),
         uid: None,

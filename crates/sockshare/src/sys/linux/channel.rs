@@ -268,8 +268,8 @@ impl Channel {
         let my_uid = rustix::process::geteuid().as_raw();
         let mut out = Vec::with_capacity(peeked);
         let mut consume = 0;
-        for (i, meta) in metas.into_iter().enumerate() {
-            let record = classify(rx.batch.record(i, &meta), meta, me, my_uid);
+        for meta in metas {
+            let record = classify(rx.batch.record(&meta), meta, me, my_uid);
             let stop = match record {
                 Peeked::NoRoom => true,
                 Peeked::Socket(_) => !take_sockets,

@@ -57,9 +57,9 @@ pub(crate) use wire::fuzzing;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
@@ -178,17 +178,55 @@ pub(super) fn peer_cred(fd: BorrowedFd<'_>) -> std::result::Result<libc::ucred, 
 /// How many names a session may bind: it takes the first one free.
 pub(super) const ENDPOINT_NAMES: u32 = 16;
 
-/// The abstract socket name number `index` of the session of process `pid` started at
-/// `start` (see [`start_time`]).
+/// The abstract socket name of the session of process `pid` started at `start` (see
+/// [`start_time`]), under `suffix`: an index below [`ENDPOINT_NAMES`], or, when
+/// squatters hold all of those, `r` and a random number (see [`discover_endpoint`]).
 pub(super) fn endpoint_address(
     pid: u32,
     start: u64,
-    index: u32,
+    suffix: impl std::fmt::Display,
 ) -> io::Result<rustix::net::SocketAddrUnix> {
     rustix::net::SocketAddrUnix::new_abstract_name(
-        format!("sockshare/v2/{pid}.{start}.{index}").as_bytes(),
+        format!("{}{suffix}", endpoint_prefix(pid, start)).as_bytes(),
     )
     .map_err(Into::into)
+}
+
+fn endpoint_prefix(pid: u32, start: u64) -> String {
+    format!("sockshare/v2/{pid}.{start}.")
+}
+
+/// The name suffixes of session endpoints that process `pid` (started at `start`)
+/// listens on itself, found from its descriptors (`/proc/<pid>/fd`, readable by its own
+/// user and root, the sources the default policy admits) and the kernel's table of Unix
+/// sockets (`/proc/net/unix`): how a source finds a session that squatters pushed off
+/// every indexed name. Empty when either cannot be read.
+pub(super) fn discover_endpoint(pid: u32, start: u64) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    let prefix = format!("@{}", endpoint_prefix(pid, start));
+    // Lines: "Num RefCount Protocol Flags Type St Inode Path"; abstract paths start '@'.
+    table
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (inode, path) = (words.get(6)?, words.get(7)?);
+            let suffix = path.strip_prefix(&prefix)?;
+            inodes.iter().any(|i| i == inode).then(|| suffix.to_owned())
+        })
+        .collect()
 }
 
 /// When process `pid` (this one for `None`) started, in clock ticks since boot: field

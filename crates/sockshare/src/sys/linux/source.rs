@@ -17,8 +17,8 @@ use rustix::net::{
 
 use super::wire::{self, Entry, Verdict};
 use super::{
-    endpoint_address, lock, os_error, peer_alive, peer_cred, recv_with_sender, start_time,
-    wait_ready, ENDPOINT_NAMES,
+    discover_endpoint, endpoint_address, lock, os_error, peer_alive, peer_cred, recv_with_sender,
+    start_time, wait_ready, ENDPOINT_NAMES,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind};
@@ -184,7 +184,7 @@ pub(crate) fn probe(target_pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Refuses what cannot be a process id, and readies the fork handlers a source needs
+/// Refuses what cannot be a process id, and readies the fork handling a source needs
 /// before its first connection.
 fn check_target(target_pid: u32) -> Result<()> {
     if target_pid == 0 || target_pid > i32::MAX as u32 {
@@ -194,6 +194,9 @@ fn check_target(target_pid: u32) -> Result<()> {
         ));
     }
     super::install_fork_handlers();
+    // In a child made without fork handlers, this drops the parent's connections before
+    // one of them is picked up below.
+    super::current_pid();
     Ok(())
 }
 
@@ -222,8 +225,12 @@ fn connect(pid: u32) -> Result<OwnedFd> {
         Some(_) => os_error("reading the target's start time in /proc", e),
     })?;
     let (mut impostor, mut busy) = (false, None);
-    for index in 0..ENDPOINT_NAMES {
-        match attempt(pid, start, index)? {
+    let indexed = (0..ENDPOINT_NAMES).map(|i| i.to_string());
+    // Only when every indexed name failed: where squatters hold them all, the session
+    // took a random name, which its own descriptors reveal.
+    let discovered = std::iter::once(()).flat_map(|()| discover_endpoint(pid, start));
+    for suffix in indexed.chain(discovered) {
+        match attempt(pid, start, &suffix)? {
             Attempt::Admitted(sock) => return Ok(sock),
             Attempt::Absent => {}
             Attempt::Impostor => impostor = true,
@@ -267,7 +274,7 @@ enum Attempt {
     Busy(Errno),
 }
 
-fn attempt(pid: u32, start: u64, index: u32) -> Result<Attempt> {
+fn attempt(pid: u32, start: u64, suffix: &str) -> Result<Attempt> {
     // Nonblocking: a listener that never accepts (a squatter's) must not hold the source.
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,
@@ -279,7 +286,8 @@ fn attempt(pid: u32, start: u64, index: u32) -> Result<Attempt> {
     // Before connecting, so the session's answer carries its sender's credentials.
     rustix::net::sockopt::set_socket_passcred(&sock, true)
         .map_err(|e| os_error("asking for the target's credentials", e))?;
-    let addr = endpoint_address(pid, start, index).map_err(|e| os_error("naming the target", e))?;
+    let addr =
+        endpoint_address(pid, start, suffix).map_err(|e| os_error("naming the target", e))?;
     match rustix::net::connect(&sock, &addr) {
         Ok(()) => {}
         Err(Errno::CONNREFUSED | Errno::NOENT) => return Ok(Attempt::Absent),
@@ -331,7 +339,6 @@ fn attempt(pid: u32, start: u64, index: u32) -> Result<Attempt> {
         None => Ok(Attempt::Impostor),
     }
 }
-
 
 thread_local! {
     /// Random secrets drawn ahead, with the pid of the process that drew them.

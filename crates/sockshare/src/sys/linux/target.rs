@@ -319,9 +319,15 @@ impl Endpoint {
             None,
         )
         .map_err(|e| not_ready("creating the session endpoint", e))?;
+        // The first free indexed name; where squatters hold them all, a random one, which
+        // sources find from this process's descriptors (`discover_endpoint`).
+        let mut random = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+        let last = format!("r{:016x}", u64::from_le_bytes(random));
+        let suffixes = (0..ENDPOINT_NAMES).map(|i| i.to_string()).chain([last]);
         let mut bound = Err(Errno::ADDRINUSE);
-        for index in 0..ENDPOINT_NAMES {
-            let addr = endpoint_address(pid, start, index)
+        for suffix in suffixes {
+            let addr = endpoint_address(pid, start, &suffix)
                 .map_err(|e| os_error("naming the session", e))?;
             bound = rustix::net::bind(&listener, &addr);
             if bound != Err(Errno::ADDRINUSE) {
@@ -333,8 +339,8 @@ impl Endpoint {
                 Error::new(
                     ErrorKind::SystemNotReady,
                     format!(
-                        "other processes hold all {ENDPOINT_NAMES} session names of this \
-                         process (sockshare/v2/{pid}.{start}.*, in this network namespace)"
+                        "other processes hold every session name of this process \
+                         (sockshare/v2/{pid}.{start}.*, in this network namespace)"
                     ),
                 )
                 .with_source(e.into())
@@ -452,13 +458,16 @@ impl Endpoint {
 
     fn admit(&self, conn: OwnedFd) {
         let verdict = self.verdict(conn.as_fd());
-        let answered = rustix::net::send(
-            &conn,
-            &wire::reply(verdict),
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        )
-        .is_ok();
-        if verdict != Verdict::Accepted || !answered {
+        let answer = |conn: &OwnedFd| {
+            rustix::net::send(
+                conn,
+                &wire::reply(verdict),
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            )
+            .is_ok()
+        };
+        if verdict != Verdict::Accepted {
+            answer(&conn);
             return; // dropping `conn` closes it and anything it sent
         }
         let mut inner = lock(&self.inner);
@@ -475,16 +484,19 @@ impl Endpoint {
             epoll::EventData::new_u64(CONN_BASE + slot as u64),
             epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET,
         );
-        if watched.is_ok() {
-            inner.conns[slot] = Some(Conn {
-                fd: conn,
-                tombstones: Vec::new(),
-            });
-            inner.live_conns += 1;
-            // Data may have arrived before the watch began: edge-triggered epoll would not
-            // report it.
-            inner.drain(slot, None);
+        // Answered only once the connection is in the table's list: the source pushes as
+        // soon as it reads the answer, and a redeem of what it pushed must find it there.
+        if watched.is_err() || !answer(&conn) {
+            return;
         }
+        inner.conns[slot] = Some(Conn {
+            fd: conn,
+            tombstones: Vec::new(),
+        });
+        inner.live_conns += 1;
+        // Data may have arrived before the watch began: edge-triggered epoll would not
+        // report it.
+        inner.drain(slot, None);
     }
 
     /// Takes the spare descriptor back once receiving no longer lacks descriptors:
@@ -634,7 +646,7 @@ impl Inner {
             let peeked = records.len();
             let (mut taken, mut full) = (0, false);
             for (i, meta) in records.into_iter().enumerate() {
-                let record = match push_record(self.batch.record(i, &meta), meta) {
+                let record = match push_record(self.batch.record(&meta), meta) {
                     Record::Sockets(sockets) => sockets,
                     // A record that breaks the protocol is dropped (its descriptors close
                     // with it); the source's records after it are still its own.
@@ -688,7 +700,12 @@ impl Inner {
     /// Looks for `token` in the connections' queues without consuming anything, and
     /// takes a copy of its socket (see the module docs).
     fn seek(&mut self, token: u64, kind: u32) -> Result<Option<OwnedFd>> {
-        if self.conns.iter().flatten().any(|c| c.tombstones.contains(&token)) {
+        if self
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| c.tombstones.contains(&token))
+        {
             return Ok(None); // taken already by an earlier seek
         }
         let batch = self
@@ -738,7 +755,7 @@ fn seek_conn(batch: &mut Batch, conn: BorrowedFd<'_>, token: u64, kind: u32) -> 
         let Some(meta) = records.pop() else {
             return Sought::NotHere;
         };
-        let Some(entries) = wire::parse_push(batch.record(0, &meta)) else {
+        let Some(entries) = wire::parse_push(batch.record(&meta)) else {
             continue;
         };
         let complete = meta.fds.len() == entries.len();

@@ -152,6 +152,14 @@ pub(crate) mod fuzzing {
         out[..n].to_vec()
     }
 
+    /// The first name of the session endpoint of process `pid` (the one it binds when no
+    /// other process holds it), without the abstract namespace's leading NUL.
+    pub fn endpoint_name(pid: u32) -> Option<Vec<u8>> {
+        let start = super::super::start_time(Some(pid)).ok()?;
+        let addr = super::super::endpoint_address(pid, start, 0).ok()?;
+        Some(addr.abstract_name()?.to_vec())
+    }
+
     /// `parse_reply`, the verdict as its wire number (1 accepted, 2 refused, 3 busy).
     pub fn parse_reply(b: &[u8]) -> Option<u16> {
         super::parse_reply(b).map(|v| v as u16)
