@@ -23,8 +23,37 @@
 //!
 //! Before `WSAStartup` and after the last `WSACleanup`, every function but the three
 //! above that need no session (`WSAStartup`, `WSAGetLastError`, `WSASetLastError`) fails
-//! with `WSANOTINITIALISED`. A process created by `fork` does not inherit its parent's
-//! initialisation (the session belongs to the parent): it calls `WSAStartup` itself.
+//! with `WSANOTINITIALISED`. A process created by `fork` (or glibc's `_Fork`) does not
+//! inherit its parent's initialisation (the session belongs to the parent): it calls
+//! `WSAStartup` itself.
+//!
+//! # Locks and fork
+//!
+//! The C layer has one lock, the mutex of this process's state (its session handles and
+//! the sockets `WSASocket` made). Lock order: the C layer's lock first, then the core's
+//! (`Session::new`, `redeem` and a session's drop run under it); the core never calls
+//! back into this crate, so no thread takes them the other way round.
+//!
+//! The state lives behind a pointer in a page the kernel zero-fills in every child
+//! (`MADV_WIPEONFORK`, Linux 4.14): a child, however it was forked, finds no state,
+//! makes a fresh one, and never touches its parent's lock, which a thread that does not
+//! exist in the child may have held at the fork, nor its parent's data. Finding out costs
+//! one atomic load per call, no system call. This is why the C layer registers no
+//! `pthread_atfork` handler: it would only make `fork` wait for the threads inside this
+//! library, it would run under `fork` but not under `_Fork`, and one registered before
+//! the core's would run its prepare step after the core's (glibc runs prepare steps in
+//! reverse order of registration), inverting the lock order above. The core's handlers
+//! (`crates/sockshare/src/sys/linux/mod.rs`) take only the core's locks: a thread that
+//! holds the C lock and waits for one of them while another thread forks just waits
+//! until the fork returns, and the forking thread waits for nothing of the C layer, so
+//! the two cannot deadlock.
+//!
+//! Without the core's handlers (`_Fork`), the core's own state in the child is its
+//! parent's: the child's `WSAStartup` joins the parent's session record, so the child
+//! can create, use and close sockets, but must neither be a target (its session is the
+//! parent's) nor duplicate (the core would reuse its parent's connections and its
+//! parent's pool of random tokens) until the core detects such a child itself. After `_Fork` in a multi-threaded program only async-signal-safe functions
+//! may be called, as glibc says; this library's functions are not among them.
 //!
 //! `WSAENETDOWN` is reported for an unexpected operating-system error (or a bug caught
 //! at the boundary: nothing panics across it); `WSAEINPROGRESS` never occurs on Linux.
@@ -40,6 +69,7 @@ use std::collections::BTreeMap;
 use std::ffi::{c_int, c_long, c_ulong};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use sockshare::{ProtocolInfo, Session, INFO_A_SIZE, INFO_W_SIZE};
@@ -57,8 +87,6 @@ fn set_last_error(code: i32) {
 /// What `WSAStartup` set up in this process.
 struct State {
     /// One session handle per successful `WSAStartup` not yet matched by `WSACleanup`.
-    /// Their `pid()` is the process that started them: a forked child sees another pid
-    /// and starts afresh, as the core does with its session.
     sessions: Vec<Session>,
     /// Descriptors `WSASocket` returned and `closesocket` has not closed, with their
     /// (device, inode), so the last `WSACleanup` closes only what is still that socket,
@@ -67,30 +95,95 @@ struct State {
     sockets: BTreeMap<RawFd, (u64, u64)>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
-    sessions: Vec::new(),
-    sockets: BTreeMap::new(),
-});
+/// The page whose first word points to this process's state. The kernel fills the page
+/// with zeros in every child (`MADV_WIPEONFORK`), whether `fork` ran the atfork handlers
+/// or `_Fork` did not, so a child finds no state and makes its own: it starts
+/// uninitialised without touching its parent's lock, which a thread the child does not
+/// have may have held at the fork, nor its parent's data, which such a thread may have
+/// been changing. Null until the first call maps the page.
+static HOME: AtomicPtr<AtomicPtr<Mutex<State>>> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The state, with a forked child's inherited copy discarded.
-fn state() -> MutexGuard<'static, State> {
+/// The wipe-on-fork slot of this process's state, or `None` when the page cannot be
+/// mapped (out of memory, or a kernel older than 4.14 without `MADV_WIPEONFORK`). No lock
+/// and no `Once`: a fork may happen in the middle of this, and the child must not inherit
+/// a half-finished initialisation it would wait for.
+fn home() -> Option<&'static AtomicPtr<Mutex<State>>> {
+    let mut page = HOME.load(Ordering::Acquire);
+    if page.is_null() {
+        const LEN: usize = 4096;
+        // SAFETY: an anonymous private mapping at an address the kernel chooses touches
+        // no existing memory.
+        let new = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if new == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: `new` is the page just mapped, which nothing else references.
+        if unsafe { libc::madvise(new, LEN, libc::MADV_WIPEONFORK) } != 0 {
+            // SAFETY: as above; the page is unmapped before anyone can see it.
+            unsafe { libc::munmap(new, LEN) };
+            return None;
+        }
+        page = match HOME.compare_exchange(
+            std::ptr::null_mut(),
+            new.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new.cast(),
+            Err(first) => {
+                // SAFETY: another thread installed its page first; this one was never
+                // shared.
+                unsafe { libc::munmap(new, LEN) };
+                first
+            }
+        };
+    }
+    // SAFETY: the page is mapped for the life of the process (and of its children, where
+    // it reads as zeros: a null pointer), page-aligned, and written only through atomics.
+    Some(unsafe { &*page })
+}
+
+/// Locks this process's state, making it on the first call in each process. Without a
+/// [`home`] page nothing can start: `WSANOTINITIALISED`.
+fn state() -> Result<MutexGuard<'static, State>, i32> {
+    let slot = home().ok_or(WSANOTINITIALISED)?;
+    let mut current = slot.load(Ordering::Acquire);
+    if current.is_null() {
+        let fresh = Box::into_raw(Box::new(Mutex::new(State {
+            sessions: Vec::new(),
+            sockets: BTreeMap::new(),
+        })));
+        current = match slot.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(first) => {
+                // SAFETY: `fresh` came from Box::into_raw above and was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                first
+            }
+        };
+    }
+    // SAFETY: a state, once in the slot, is never freed: a parent's lives for the process,
+    // and a child leaks its inherited copy (dropping the parent's session handles there
+    // could end the session the parent still runs, and join its thread, which the child
+    // does not have).
+    let state = unsafe { &*current };
     // A panic while holding the lock is caught at the boundary; the state stays coherent
     // (each change is one push, pop or insert), so a poisoned lock is still usable.
-    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    // The sessions all come from one process (a child's first call here drops its
-    // parent's), so the first tells whose they are.
-    if st
-        .sessions
-        .first()
-        .is_some_and(|s| s.pid() != sockshare::current_pid())
-    {
-        // Dropping the parent's handles is harmless here: the core ignores handles of a
-        // session that belongs to another process. The descriptors stay open, as any
-        // descriptor does across fork; they are the parent's to clean up.
-        st.sessions.clear();
-        st.sockets.clear();
-    }
-    st
+    Ok(state.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Runs an exported function's body, turning a panic into a Winsock failure: unwinding
@@ -117,7 +210,7 @@ fn require_started(st: &State) -> Result<&Session, i32> {
 }
 
 fn started() -> Result<(), i32> {
-    require_started(&state()).map(drop)
+    require_started(&*state()?).map(drop)
 }
 
 /// The Winsock code for an errno met outside the sharing machinery.
@@ -286,7 +379,7 @@ unsafe fn create_socket<T, const N: usize>(
     // needs no alignment.
     let info = (!info.is_null()).then(|| unsafe { info.cast::<[u8; N]>().read_unaligned() });
     let result = boundary(|| {
-        let mut st = state();
+        let mut st = state()?;
         let session = require_started(&st)?;
         if flags & !(WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT) != 0 || g != 0 {
             return Err(WSAEINVAL);
@@ -395,7 +488,7 @@ pub unsafe extern "C" fn WSASocketW(
 #[no_mangle]
 pub extern "C" fn closesocket(s: SOCKET) -> c_int {
     int_result(boundary(|| {
-        let mut st = state();
+        let mut st = state()?;
         require_started(&st)?;
         let fd = socket_fd(s)?;
         st.sockets.remove(&fd);
@@ -511,7 +604,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
         } else {
             wVersionRequested
         };
-        let mut st = state();
+        let mut st = state().map_err(|_| WSASYSNOTREADY)?;
         let session = Session::new().map_err(|_| WSASYSNOTREADY)?;
         st.sessions.push(session);
         fill_wsadata(lpWSAData, version);
@@ -533,7 +626,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
 #[no_mangle]
 pub extern "C" fn WSACleanup() -> c_int {
     int_result(boundary(|| {
-        let mut st = state();
+        let mut st = state()?;
         require_started(&st)?;
         if st.sessions.len() == 1 {
             for (fd, id) in std::mem::take(&mut st.sockets) {

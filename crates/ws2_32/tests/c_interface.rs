@@ -33,6 +33,8 @@ const TESTS: &[Test] = &[
         header_compiles_everywhere,
     ),
     ("errors_and_check_order", errors_and_check_order),
+    ("fork_while_threads_are_in_the_library", fork_with_threads),
+    ("fork_without_atfork_handlers", fork_without_handlers),
     ("example_scenario_between_two_processes", example_scenario),
     (
         "example_scenario_linked_statically",
@@ -370,6 +372,26 @@ fn errors_and_check_order() -> TestResult {
         return Err(format!("unexpected output: {out}"));
     }
     Ok(())
+}
+
+/// Runs `fork MODE` (tests/c/fork.c), which fails when a child fails or hangs.
+fn fork_children(mode: &str) -> TestResult {
+    let exe = build_c("fork", &[c_test_source("fork.c")], false)?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg(mode);
+    let out = run_to_end(cmd, &format!("fork {mode}"))?;
+    if !out.contains("children worked") {
+        return Err(format!("unexpected output: {out}"));
+    }
+    Ok(())
+}
+
+fn fork_with_threads() -> TestResult {
+    fork_children("threads")
+}
+
+fn fork_without_handlers() -> TestResult {
+    fork_children("_Fork")
 }
 
 fn check_scenario(exe: &Path) -> TestResult {
