@@ -19,7 +19,7 @@
 //! | [`WSADuplicateSocketA`]/[`W`](WSADuplicateSocketW) | `sockshare::duplicate`, checks in Windows' order: socket (`WSAENOTSOCK`), pid (`WSAEINVAL`), pointer (`WSAEFAULT`) |
 //! | [`WSASocketA`]/[`W`](WSASocketW) | with an info: `Session::redeem`; without: `socket(af, type, protocol)` |
 //! | [`closesocket`], [`ioctlsocket`] | `close`, and `FIONBIO`/`FIONREAD` |
-//! | [`WSAGetLastError`], [`WSASetLastError`] | per thread; a successful call leaves it untouched, as on Windows |
+//! | [`WSAGetLastError`], [`WSASetLastError`] | per thread, also after a failed BSD call (`send`, `connect`, ...: its `errno` translated); a successful call of this library leaves it untouched, as on Windows |
 //!
 //! Before `WSAStartup` and after the last `WSACleanup`, every function but the three
 //! above that need no session (`WSAStartup`, `WSAGetLastError`, `WSASetLastError`) fails
@@ -62,9 +62,9 @@
 // The exported functions keep Windows' parameter names, so the docs read like Microsoft's.
 #![allow(non_snake_case)]
 
+mod last_error;
 pub mod types;
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_long, c_ulong};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
@@ -74,15 +74,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use sockshare::{ProtocolInfo, Session, INFO_A_SIZE, INFO_W_SIZE};
 
+pub use last_error::{WSAGetLastError, WSASetLastError};
 pub use types::*;
 
-thread_local! {
-    static LAST_ERROR: Cell<i32> = const { Cell::new(0) };
-}
-
-fn set_last_error(code: i32) {
-    LAST_ERROR.with(|e| e.set(code));
-}
+use last_error::{errno, set_errno, set_last_error, wsa_from_errno};
 
 /// What `WSAStartup` set up in this process.
 struct State {
@@ -187,9 +182,15 @@ fn state() -> Result<MutexGuard<'static, State>, i32> {
 }
 
 /// Runs an exported function's body, turning a panic into a Winsock failure: unwinding
-/// into C is undefined behaviour, and a C caller can act on an error code.
+/// into C is undefined behaviour, and a C caller can act on an error code. `errno` is
+/// given back as the caller had it, whatever the body's system calls (or a contended
+/// lock's futex) did to it: a success leaves the last error alone, and a failure then
+/// sets it with `set_last_error`.
 fn boundary<T>(body: impl FnOnce() -> Result<T, i32>) -> Result<T, i32> {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(WSAENETDOWN))
+    let saved = errno();
+    let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(WSAENETDOWN));
+    set_errno(saved);
+    result
 }
 
 /// The return value of a function returning `int`: 0, or `SOCKET_ERROR` with the code
@@ -213,29 +214,10 @@ fn started() -> Result<(), i32> {
     require_started(&*state()?).map(drop)
 }
 
-/// The Winsock code for an errno met outside the sharing machinery.
-fn wsa_from_errno(errno: i32) -> i32 {
-    match errno {
-        libc::EINTR => WSAEINTR,
-        libc::EACCES | libc::EPERM => WSAEACCES,
-        libc::EFAULT => WSAEFAULT,
-        libc::EINVAL | libc::ENOTTY => WSAEINVAL,
-        libc::EMFILE | libc::ENFILE => WSAEMFILE,
-        libc::EBADF | libc::ENOTSOCK => WSAENOTSOCK,
-        libc::EAGAIN => WSAEWOULDBLOCK,
-        libc::EPROTOTYPE => WSAEPROTOTYPE,
-        libc::EPROTONOSUPPORT => WSAEPROTONOSUPPORT,
-        libc::ESOCKTNOSUPPORT => WSAESOCKTNOSUPPORT,
-        libc::EOPNOTSUPP => WSAEOPNOTSUPP,
-        libc::EPFNOSUPPORT => WSAEPFNOSUPPORT,
-        libc::EAFNOSUPPORT => WSAEAFNOSUPPORT,
-        libc::ENOBUFS | libc::ENOMEM => WSAENOBUFS,
-        _ => WSAENETDOWN,
-    }
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// The Winsock code for the `errno` of a system call this library made that failed
+/// outside the sharing machinery; `WSAENETDOWN` for one Winsock has no code for.
+fn os_failure() -> i32 {
+    wsa_from_errno(errno()).unwrap_or(WSAENETDOWN)
 }
 
 /// The descriptor in a `SOCKET`, if it is an open socket. Values that are no descriptor
@@ -259,7 +241,7 @@ fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
     if rc == 0 {
         Ok(fd)
     } else {
-        Err(wsa_from_errno(last_errno()))
+        Err(os_failure())
     }
 }
 
@@ -401,7 +383,7 @@ unsafe fn create_socket<T, const N: usize>(
                     // inheritable unless WSA_FLAG_NO_HANDLE_INHERIT is given.
                     // SAFETY: `fd` is an open descriptor this function owns.
                     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-                        return Err(wsa_from_errno(last_errno()));
+                        return Err(os_failure());
                     }
                 }
                 fd.into_raw_fd()
@@ -415,7 +397,7 @@ unsafe fn create_socket<T, const N: usize>(
                 // by the caller through the SOCKET.
                 let fd = unsafe { libc::socket(af, ty, protocol) };
                 if fd < 0 {
-                    return Err(wsa_from_errno(last_errno()));
+                    return Err(os_failure());
                 }
                 fd
             }
@@ -538,7 +520,7 @@ pub unsafe extern "C" fn ioctlsocket(s: SOCKET, cmd: c_long, argp: *mut c_ulong)
         // SAFETY: FIONBIO reads and FIONREAD writes one int at the pointer, which is a
         // valid local `c_int`; `fd` is a descriptor number the kernel checks.
         if unsafe { libc::ioctl(fd, request, &mut value as *mut c_int) } != 0 {
-            return Err(wsa_from_errno(last_errno()));
+            return Err(os_failure());
         }
         if fionread {
             // SAFETY: the caller guarantees `argp` is writable.
@@ -644,16 +626,4 @@ pub extern "C" fn WSACleanup() -> c_int {
         st.sessions.pop();
         Ok(())
     }))
-}
-
-/// `WSAGetLastError`: the error of this thread's last failed call.
-#[no_mangle]
-pub extern "C" fn WSAGetLastError() -> c_int {
-    LAST_ERROR.with(|e| e.get())
-}
-
-/// `WSASetLastError`: sets what [`WSAGetLastError`] returns in this thread.
-#[no_mangle]
-pub extern "C" fn WSASetLastError(iError: c_int) {
-    set_last_error(iError)
 }

@@ -33,6 +33,7 @@ const TESTS: &[Test] = &[
         header_compiles_everywhere,
     ),
     ("errors_and_check_order", errors_and_check_order),
+    ("last_error_after_bsd_calls", last_error_after_bsd_calls),
     ("fork_while_threads_are_in_the_library", fork_with_threads),
     ("fork_without_atfork_handlers", fork_without_handlers),
     ("example_scenario_between_two_processes", example_scenario),
@@ -365,13 +366,22 @@ fn header_compiles_everywhere() -> TestResult {
 
 // ---- C programs ----
 
-fn errors_and_check_order() -> TestResult {
-    let exe = build_c("errors", &[c_test_source("errors.c")], false)?;
-    let out = run_to_end(Command::new(&exe), "the C error checks")?;
+/// Builds and runs the self-checking C program `tests/c/NAME.c`.
+fn c_checks(name: &str) -> TestResult {
+    let exe = build_c(name, &[c_test_source(&format!("{name}.c"))], false)?;
+    let out = run_to_end(Command::new(&exe), &format!("the C checks of {name}.c"))?;
     if !out.contains("all checks passed") {
         return Err(format!("unexpected output: {out}"));
     }
     Ok(())
+}
+
+fn errors_and_check_order() -> TestResult {
+    c_checks("errors")
+}
+
+fn last_error_after_bsd_calls() -> TestResult {
+    c_checks("bsd_errors")
 }
 
 /// Runs `fork MODE` (tests/c/fork.c), which fails when a child fails or hangs.
