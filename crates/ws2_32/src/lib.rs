@@ -9,6 +9,9 @@
 //! cc app.c -Icrates/ws2_32/include -Ltarget/release -lws2_32 -Wl,-rpath,$PWD/target/release
 //! ```
 //!
+//! or, installed with `crates/ws2_32/install.sh --prefix DIR` (header, both libraries and
+//! `ws2_32.pc`), `cc app.c $(pkg-config --cflags --libs ws2_32)`.
+//!
 //! Every function is a thin shell over the `sockshare` crate, so C and Rust exchange the
 //! same info bytes: a C source can hand a socket to a Rust target and back.
 //!
