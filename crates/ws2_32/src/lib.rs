@@ -223,10 +223,15 @@ fn os_failure() -> i32 {
     wsa_from_errno(errno()).unwrap_or(WSAENETDOWN)
 }
 
-/// The descriptor in a `SOCKET`, if it is an open socket. Values that are no descriptor
-/// (`INVALID_SOCKET`, anything above `INT_MAX`) are refused before any system call.
+/// The descriptor number in a `SOCKET`: values that are none (`INVALID_SOCKET`, anything
+/// above `INT_MAX`) are `WSAENOTSOCK` without a system call.
+fn descriptor(s: SOCKET) -> Result<RawFd, i32> {
+    RawFd::try_from(s).map_err(|_| WSAENOTSOCK)
+}
+
+/// The descriptor in a `SOCKET`, if it is an open socket.
 fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
-    let fd = RawFd::try_from(s).map_err(|_| WSAENOTSOCK)?;
+    let fd = descriptor(s)?;
     let mut ty: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
     // SAFETY: `ty` and `len` are valid for writes of their sizes; getsockopt on any int,
@@ -279,17 +284,23 @@ unsafe fn duplicate_socket<T, const N: usize>(
     const { assert!(std::mem::size_of::<T>() == N) };
     int_result(boundary(|| {
         started()?;
-        let fd = socket_fd(s)?;
         if out.is_null() {
-            // Windows checks the pointer last: a bad pid is reported before it, and
-            // nothing is shared (no socket waits in the target for an info never written).
+            // Windows checks the pointer last: the socket and then a bad pid are reported
+            // before it, and nothing is shared (no socket waits in the target for an info
+            // never written).
+            socket_fd(s)?;
             sockshare::probe_target(pid).map_err(|e| e.code())?;
             return Err(WSAEFAULT);
         }
-        // SAFETY: `socket_fd` found `fd` open; it stays open during this call unless the
-        // caller closes it from another thread meanwhile, a race the caller owns here as
-        // with any descriptor (and on Windows). Checking here, not only in
-        // `sockshare::duplicate`, is what lets the borrow promise an open descriptor.
+        let fd = descriptor(s)?;
+        // SAFETY: `fd` is a descriptor number (0..=INT_MAX, never -1). The core's first
+        // use of it is reading the socket's kind (getsockopt), which fails with
+        // WSAENOTSOCK, before anything else, for a number that is not an open socket:
+        // the same check and code as `socket_fd`, made once instead of twice on the
+        // handoff path (the source's system calls bound the C interface's throughput).
+        // An open socket stays open during this call unless the caller closes it from
+        // another thread meanwhile, a race the caller owns here as with any descriptor
+        // (and on Windows), with or without a check before the borrow.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let info = sockshare::duplicate(borrowed, pid).map_err(|e| e.code())?;
         let bytes = to_bytes(&info);
