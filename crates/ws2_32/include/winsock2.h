@@ -287,8 +287,17 @@ int WSAAPI WSAStartup(WORD wVersionRequested, LPWSADATA lpWSAData);
 /* Ends one WSAStartup; the last closes the sockets WSASocket made, ends the session and
    releases infos never redeemed. 0 or SOCKET_ERROR (WSANOTINITIALISED). */
 int WSAAPI WSACleanup(void);
-/* This thread's last error; a successful call leaves it untouched. */
+/* This thread's last error: of this library's last failed call, or of the last failed
+   BSD socket call (send, recv, connect, accept, bind, listen, setsockopt, ...), its errno
+   translated (ECONNREFUSED: WSAECONNREFUSED; EBADF and ENOTSOCK: WSAENOTSOCK; EAGAIN,
+   and a nonblocking connect's EINPROGRESS: WSAEWOULDBLOCK), or what WSASetLastError
+   set, whichever came last. A successful call of this library leaves it untouched.
+   It is read from errno, so, as errno does: a successful libc call leaves it as it was
+   (as on Windows); a failed libc call that is no socket call changes it too, and an
+   errno without a Winsock code is returned as it is (ENOENT: 2); errno = 0 clears it. */
 int WSAAPI WSAGetLastError(void);
+/* Sets this thread's last error, and errno to the matching value (EINVAL for WSAEINVAL;
+   one no libc call sets, for a code without one), so that the two agree. */
 void WSAAPI WSASetLastError(int iError);
 
 /* Source: the info with which process dwProcessId creates its own descriptor for s.

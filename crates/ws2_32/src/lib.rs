@@ -9,6 +9,9 @@
 //! cc app.c -Icrates/ws2_32/include -Ltarget/release -lws2_32 -Wl,-rpath,$PWD/target/release
 //! ```
 //!
+//! or, installed with `crates/ws2_32/install.sh --prefix DIR` (header, both libraries and
+//! `ws2_32.pc`), `cc app.c $(pkg-config --cflags --libs ws2_32)`.
+//!
 //! Every function is a thin shell over the `sockshare` crate, so C and Rust exchange the
 //! same info bytes: a C source can hand a socket to a Rust target and back.
 //!
@@ -19,12 +22,41 @@
 //! | [`WSADuplicateSocketA`]/[`W`](WSADuplicateSocketW) | `sockshare::duplicate`, checks in Windows' order: socket (`WSAENOTSOCK`), pid (`WSAEINVAL`), pointer (`WSAEFAULT`) |
 //! | [`WSASocketA`]/[`W`](WSASocketW) | with an info: `Session::redeem`; without: `socket(af, type, protocol)` |
 //! | [`closesocket`], [`ioctlsocket`] | `close`, and `FIONBIO`/`FIONREAD` |
-//! | [`WSAGetLastError`], [`WSASetLastError`] | per thread; a successful call leaves it untouched, as on Windows |
+//! | [`WSAGetLastError`], [`WSASetLastError`] | per thread, also after a failed BSD call (`send`, `connect`, ...: its `errno` translated); a successful call of this library leaves it untouched, as on Windows |
 //!
 //! Before `WSAStartup` and after the last `WSACleanup`, every function but the three
 //! above that need no session (`WSAStartup`, `WSAGetLastError`, `WSASetLastError`) fails
-//! with `WSANOTINITIALISED`. A process created by `fork` does not inherit its parent's
-//! initialisation (the session belongs to the parent): it calls `WSAStartup` itself.
+//! with `WSANOTINITIALISED`. A process created by `fork` (or glibc's `_Fork`) does not
+//! inherit its parent's initialisation (the session belongs to the parent): it calls
+//! `WSAStartup` itself.
+//!
+//! # Locks and fork
+//!
+//! The C layer has one lock, the mutex of this process's state (its session handles and
+//! the sockets `WSASocket` made). Lock order: the C layer's lock first, then the core's
+//! (`Session::new`, `redeem` and a session's drop run under it); the core never calls
+//! back into this crate, so no thread takes them the other way round.
+//!
+//! The state lives behind a pointer in a page the kernel zero-fills in every child
+//! (`MADV_WIPEONFORK`, Linux 4.14): a child, however it was forked, finds no state,
+//! makes a fresh one, and never touches its parent's lock, which a thread that does not
+//! exist in the child may have held at the fork, nor its parent's data. Finding out costs
+//! one atomic load per call, no system call. This is why the C layer registers no
+//! `pthread_atfork` handler: it would only make `fork` wait for the threads inside this
+//! library, it would run under `fork` but not under `_Fork`, and one registered before
+//! the core's would run its prepare step after the core's (glibc runs prepare steps in
+//! reverse order of registration), inverting the lock order above. The core's handlers
+//! (`crates/sockshare/src/sys/linux/mod.rs`) take only the core's locks: a thread that
+//! holds the C lock and waits for one of them while another thread forks just waits
+//! until the fork returns, and the forking thread waits for nothing of the C layer, so
+//! the two cannot deadlock.
+//!
+//! Without the core's handlers (`_Fork`), the core's own state in the child is its
+//! parent's: the child's `WSAStartup` joins the parent's session record, so the child
+//! can create, use and close sockets, but must neither be a target (its session is the
+//! parent's) nor duplicate (the core would reuse its parent's connections and its
+//! parent's pool of random tokens) until the core detects such a child itself. After `_Fork` in a multi-threaded program only async-signal-safe functions
+//! may be called, as glibc says; this library's functions are not among them.
 //!
 //! `WSAENETDOWN` is reported for an unexpected operating-system error (or a bug caught
 //! at the boundary: nothing panics across it); `WSAEINPROGRESS` never occurs on Linux.
@@ -33,32 +65,26 @@
 // The exported functions keep Windows' parameter names, so the docs read like Microsoft's.
 #![allow(non_snake_case)]
 
+mod last_error;
 pub mod types;
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_long, c_ulong};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use sockshare::{ProtocolInfo, Session, INFO_A_SIZE, INFO_W_SIZE};
 
+pub use last_error::{WSAGetLastError, WSASetLastError};
 pub use types::*;
 
-thread_local! {
-    static LAST_ERROR: Cell<i32> = const { Cell::new(0) };
-}
-
-fn set_last_error(code: i32) {
-    LAST_ERROR.with(|e| e.set(code));
-}
+use last_error::{errno, set_errno, set_last_error, wsa_from_errno};
 
 /// What `WSAStartup` set up in this process.
 struct State {
     /// One session handle per successful `WSAStartup` not yet matched by `WSACleanup`.
-    /// Their `pid()` is the process that started them: a forked child sees another pid
-    /// and starts afresh, as the core does with its session.
     sessions: Vec<Session>,
     /// Descriptors `WSASocket` returned and `closesocket` has not closed, with their
     /// (device, inode), so the last `WSACleanup` closes only what is still that socket,
@@ -67,36 +93,107 @@ struct State {
     sockets: BTreeMap<RawFd, (u64, u64)>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
-    sessions: Vec::new(),
-    sockets: BTreeMap::new(),
-});
+/// The page whose first word points to this process's state. The kernel fills the page
+/// with zeros in every child (`MADV_WIPEONFORK`), whether `fork` ran the atfork handlers
+/// or `_Fork` did not, so a child finds no state and makes its own: it starts
+/// uninitialised without touching its parent's lock, which a thread the child does not
+/// have may have held at the fork, nor its parent's data, which such a thread may have
+/// been changing. Null until the first call maps the page.
+static HOME: AtomicPtr<AtomicPtr<Mutex<State>>> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The state, with a forked child's inherited copy discarded.
-fn state() -> MutexGuard<'static, State> {
+/// The wipe-on-fork slot of this process's state, or `None` when the page cannot be
+/// mapped (out of memory, or a kernel older than 4.14 without `MADV_WIPEONFORK`). No lock
+/// and no `Once`: a fork may happen in the middle of this, and the child must not inherit
+/// a half-finished initialisation it would wait for.
+fn home() -> Option<&'static AtomicPtr<Mutex<State>>> {
+    let mut page = HOME.load(Ordering::Acquire);
+    if page.is_null() {
+        const LEN: usize = 4096;
+        // SAFETY: an anonymous private mapping at an address the kernel chooses touches
+        // no existing memory.
+        let new = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if new == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: `new` is the page just mapped, which nothing else references.
+        if unsafe { libc::madvise(new, LEN, libc::MADV_WIPEONFORK) } != 0 {
+            // SAFETY: as above; the page is unmapped before anyone can see it.
+            unsafe { libc::munmap(new, LEN) };
+            return None;
+        }
+        page = match HOME.compare_exchange(
+            std::ptr::null_mut(),
+            new.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new.cast(),
+            Err(first) => {
+                // SAFETY: another thread installed its page first; this one was never
+                // shared.
+                unsafe { libc::munmap(new, LEN) };
+                first
+            }
+        };
+    }
+    // SAFETY: the page is mapped for the life of the process (and of its children, where
+    // it reads as zeros: a null pointer), page-aligned, and written only through atomics.
+    Some(unsafe { &*page })
+}
+
+/// Locks this process's state, making it on the first call in each process. Without a
+/// [`home`] page nothing can start: `WSANOTINITIALISED`.
+fn state() -> Result<MutexGuard<'static, State>, i32> {
+    let slot = home().ok_or(WSANOTINITIALISED)?;
+    let mut current = slot.load(Ordering::Acquire);
+    if current.is_null() {
+        let fresh = Box::into_raw(Box::new(Mutex::new(State {
+            sessions: Vec::new(),
+            sockets: BTreeMap::new(),
+        })));
+        current = match slot.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(first) => {
+                // SAFETY: `fresh` came from Box::into_raw above and was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                first
+            }
+        };
+    }
+    // SAFETY: a state, once in the slot, is never freed: a parent's lives for the process,
+    // and a child leaks its inherited copy (dropping the parent's session handles there
+    // could end the session the parent still runs, and join its thread, which the child
+    // does not have).
+    let state = unsafe { &*current };
     // A panic while holding the lock is caught at the boundary; the state stays coherent
     // (each change is one push, pop or insert), so a poisoned lock is still usable.
-    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    // The sessions all come from one process (a child's first call here drops its
-    // parent's), so the first tells whose they are.
-    if st
-        .sessions
-        .first()
-        .is_some_and(|s| s.pid() != sockshare::current_pid())
-    {
-        // Dropping the parent's handles is harmless here: the core ignores handles of a
-        // session that belongs to another process. The descriptors stay open, as any
-        // descriptor does across fork; they are the parent's to clean up.
-        st.sessions.clear();
-        st.sockets.clear();
-    }
-    st
+    Ok(state.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Runs an exported function's body, turning a panic into a Winsock failure: unwinding
-/// into C is undefined behaviour, and a C caller can act on an error code.
+/// into C is undefined behaviour, and a C caller can act on an error code. `errno` is
+/// given back as the caller had it, whatever the body's system calls (or a contended
+/// lock's futex) did to it: a success leaves the last error alone, and a failure then
+/// sets it with `set_last_error`.
 fn boundary<T>(body: impl FnOnce() -> Result<T, i32>) -> Result<T, i32> {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(WSAENETDOWN))
+    let saved = errno();
+    let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(WSAENETDOWN));
+    set_errno(saved);
+    result
 }
 
 /// The return value of a function returning `int`: 0, or `SOCKET_ERROR` with the code
@@ -117,38 +214,24 @@ fn require_started(st: &State) -> Result<&Session, i32> {
 }
 
 fn started() -> Result<(), i32> {
-    require_started(&state()).map(drop)
+    require_started(&*state()?).map(drop)
 }
 
-/// The Winsock code for an errno met outside the sharing machinery.
-fn wsa_from_errno(errno: i32) -> i32 {
-    match errno {
-        libc::EINTR => WSAEINTR,
-        libc::EACCES | libc::EPERM => WSAEACCES,
-        libc::EFAULT => WSAEFAULT,
-        libc::EINVAL | libc::ENOTTY => WSAEINVAL,
-        libc::EMFILE | libc::ENFILE => WSAEMFILE,
-        libc::EBADF | libc::ENOTSOCK => WSAENOTSOCK,
-        libc::EAGAIN => WSAEWOULDBLOCK,
-        libc::EPROTOTYPE => WSAEPROTOTYPE,
-        libc::EPROTONOSUPPORT => WSAEPROTONOSUPPORT,
-        libc::ESOCKTNOSUPPORT => WSAESOCKTNOSUPPORT,
-        libc::EOPNOTSUPP => WSAEOPNOTSUPP,
-        libc::EPFNOSUPPORT => WSAEPFNOSUPPORT,
-        libc::EAFNOSUPPORT => WSAEAFNOSUPPORT,
-        libc::ENOBUFS | libc::ENOMEM => WSAENOBUFS,
-        _ => WSAENETDOWN,
-    }
+/// The Winsock code for the `errno` of a system call this library made that failed
+/// outside the sharing machinery; `WSAENETDOWN` for one Winsock has no code for.
+fn os_failure() -> i32 {
+    wsa_from_errno(errno()).unwrap_or(WSAENETDOWN)
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// The descriptor number in a `SOCKET`: values that are none (`INVALID_SOCKET`, anything
+/// above `INT_MAX`) are `WSAENOTSOCK` without a system call.
+fn descriptor(s: SOCKET) -> Result<RawFd, i32> {
+    RawFd::try_from(s).map_err(|_| WSAENOTSOCK)
 }
 
-/// The descriptor in a `SOCKET`, if it is an open socket. Values that are no descriptor
-/// (`INVALID_SOCKET`, anything above `INT_MAX`) are refused before any system call.
+/// The descriptor in a `SOCKET`, if it is an open socket.
 fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
-    let fd = RawFd::try_from(s).map_err(|_| WSAENOTSOCK)?;
+    let fd = descriptor(s)?;
     let mut ty: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
     // SAFETY: `ty` and `len` are valid for writes of their sizes; getsockopt on any int,
@@ -166,7 +249,7 @@ fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
     if rc == 0 {
         Ok(fd)
     } else {
-        Err(wsa_from_errno(last_errno()))
+        Err(os_failure())
     }
 }
 
@@ -201,17 +284,23 @@ unsafe fn duplicate_socket<T, const N: usize>(
     const { assert!(std::mem::size_of::<T>() == N) };
     int_result(boundary(|| {
         started()?;
-        let fd = socket_fd(s)?;
         if out.is_null() {
-            // Windows checks the pointer last: a bad pid is reported before it, and
-            // nothing is shared (no socket waits in the target for an info never written).
+            // Windows checks the pointer last: the socket and then a bad pid are reported
+            // before it, and nothing is shared (no socket waits in the target for an info
+            // never written).
+            socket_fd(s)?;
             sockshare::probe_target(pid).map_err(|e| e.code())?;
             return Err(WSAEFAULT);
         }
-        // SAFETY: `socket_fd` found `fd` open; it stays open during this call unless the
-        // caller closes it from another thread meanwhile, a race the caller owns here as
-        // with any descriptor (and on Windows). Checking here, not only in
-        // `sockshare::duplicate`, is what lets the borrow promise an open descriptor.
+        let fd = descriptor(s)?;
+        // SAFETY: `fd` is a descriptor number (0..=INT_MAX, never -1). The core's first
+        // use of it is reading the socket's kind (getsockopt), which fails with
+        // WSAENOTSOCK, before anything else, for a number that is not an open socket:
+        // the same check and code as `socket_fd`, made once instead of twice on the
+        // handoff path (the source's system calls bound the C interface's throughput).
+        // An open socket stays open during this call unless the caller closes it from
+        // another thread meanwhile, a race the caller owns here as with any descriptor
+        // (and on Windows), with or without a check before the borrow.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let info = sockshare::duplicate(borrowed, pid).map_err(|e| e.code())?;
         let bytes = to_bytes(&info);
@@ -286,7 +375,7 @@ unsafe fn create_socket<T, const N: usize>(
     // needs no alignment.
     let info = (!info.is_null()).then(|| unsafe { info.cast::<[u8; N]>().read_unaligned() });
     let result = boundary(|| {
-        let mut st = state();
+        let mut st = state()?;
         let session = require_started(&st)?;
         if flags & !(WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT) != 0 || g != 0 {
             return Err(WSAEINVAL);
@@ -308,7 +397,7 @@ unsafe fn create_socket<T, const N: usize>(
                     // inheritable unless WSA_FLAG_NO_HANDLE_INHERIT is given.
                     // SAFETY: `fd` is an open descriptor this function owns.
                     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-                        return Err(wsa_from_errno(last_errno()));
+                        return Err(os_failure());
                     }
                 }
                 fd.into_raw_fd()
@@ -322,7 +411,7 @@ unsafe fn create_socket<T, const N: usize>(
                 // by the caller through the SOCKET.
                 let fd = unsafe { libc::socket(af, ty, protocol) };
                 if fd < 0 {
-                    return Err(wsa_from_errno(last_errno()));
+                    return Err(os_failure());
                 }
                 fd
             }
@@ -395,7 +484,7 @@ pub unsafe extern "C" fn WSASocketW(
 #[no_mangle]
 pub extern "C" fn closesocket(s: SOCKET) -> c_int {
     int_result(boundary(|| {
-        let mut st = state();
+        let mut st = state()?;
         require_started(&st)?;
         let fd = socket_fd(s)?;
         st.sockets.remove(&fd);
@@ -445,7 +534,7 @@ pub unsafe extern "C" fn ioctlsocket(s: SOCKET, cmd: c_long, argp: *mut c_ulong)
         // SAFETY: FIONBIO reads and FIONREAD writes one int at the pointer, which is a
         // valid local `c_int`; `fd` is a descriptor number the kernel checks.
         if unsafe { libc::ioctl(fd, request, &mut value as *mut c_int) } != 0 {
-            return Err(wsa_from_errno(last_errno()));
+            return Err(os_failure());
         }
         if fionread {
             // SAFETY: the caller guarantees `argp` is writable.
@@ -511,7 +600,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
         } else {
             wVersionRequested
         };
-        let mut st = state();
+        let mut st = state().map_err(|_| WSASYSNOTREADY)?;
         let session = Session::new().map_err(|_| WSASYSNOTREADY)?;
         st.sessions.push(session);
         fill_wsadata(lpWSAData, version);
@@ -533,7 +622,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
 #[no_mangle]
 pub extern "C" fn WSACleanup() -> c_int {
     int_result(boundary(|| {
-        let mut st = state();
+        let mut st = state()?;
         require_started(&st)?;
         if st.sessions.len() == 1 {
             for (fd, id) in std::mem::take(&mut st.sockets) {
@@ -551,16 +640,4 @@ pub extern "C" fn WSACleanup() -> c_int {
         st.sessions.pop();
         Ok(())
     }))
-}
-
-/// `WSAGetLastError`: the error of this thread's last failed call.
-#[no_mangle]
-pub extern "C" fn WSAGetLastError() -> c_int {
-    LAST_ERROR.with(|e| e.get())
-}
-
-/// `WSASetLastError`: sets what [`WSAGetLastError`] returns in this thread.
-#[no_mangle]
-pub extern "C" fn WSASetLastError(iError: c_int) {
-    set_last_error(iError)
 }

@@ -33,10 +33,17 @@ const TESTS: &[Test] = &[
         header_compiles_everywhere,
     ),
     ("errors_and_check_order", errors_and_check_order),
+    ("last_error_after_bsd_calls", last_error_after_bsd_calls),
+    ("fork_while_threads_are_in_the_library", fork_with_threads),
+    ("fork_without_atfork_handlers", fork_without_handlers),
     ("example_scenario_between_two_processes", example_scenario),
     (
         "example_scenario_linked_statically",
         example_scenario_static,
+    ),
+    (
+        "install_script_and_pkg_config",
+        install_script_and_pkg_config,
     ),
     ("c_source_to_c_target_a_and_w", c_to_c),
     ("c_source_to_rust_target", c_to_rust),
@@ -363,17 +370,50 @@ fn header_compiles_everywhere() -> TestResult {
 
 // ---- C programs ----
 
-fn errors_and_check_order() -> TestResult {
-    let exe = build_c("errors", &[c_test_source("errors.c")], false)?;
-    let out = run_to_end(Command::new(&exe), "the C error checks")?;
+/// Builds and runs the self-checking C program `tests/c/NAME.c`.
+fn c_checks(name: &str) -> TestResult {
+    let exe = build_c(name, &[c_test_source(&format!("{name}.c"))], false)?;
+    let out = run_to_end(Command::new(&exe), &format!("the C checks of {name}.c"))?;
     if !out.contains("all checks passed") {
         return Err(format!("unexpected output: {out}"));
     }
     Ok(())
 }
 
+fn errors_and_check_order() -> TestResult {
+    c_checks("errors")
+}
+
+fn last_error_after_bsd_calls() -> TestResult {
+    c_checks("bsd_errors")
+}
+
+/// Runs `fork MODE` (tests/c/fork.c), which fails when a child fails or hangs.
+fn fork_children(mode: &str) -> TestResult {
+    let exe = build_c("fork", &[c_test_source("fork.c")], false)?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg(mode);
+    let out = run_to_end(cmd, &format!("fork {mode}"))?;
+    if !out.contains("children worked") {
+        return Err(format!("unexpected output: {out}"));
+    }
+    Ok(())
+}
+
+fn fork_with_threads() -> TestResult {
+    fork_children("threads")
+}
+
+fn fork_without_handlers() -> TestResult {
+    fork_children("_Fork")
+}
+
 fn check_scenario(exe: &Path) -> TestResult {
-    let out = run_to_end(Command::new(exe), "share_listener")?;
+    check_scenario_run(Command::new(exe))
+}
+
+fn check_scenario_run(cmd: Command) -> TestResult {
+    let out = run_to_end(cmd, "share_listener")?;
     if !out.contains("the target answered \"HELLO\"") || !out.contains("source: done") {
         return Err(format!("unexpected output: {out}"));
     }
@@ -384,14 +424,98 @@ fn example_scenario() -> TestResult {
     check_scenario(&build_c("share_listener", &[example_source()], false)?)
 }
 
-fn example_scenario_static() -> TestResult {
-    let exe = build_c("share_listener_static", &[example_source()], true)?;
-    let ldd = Command::new("ldd").arg(&exe).output();
+/// Fails when `exe` loads a shared libws2_32.
+fn check_static(exe: &Path) -> TestResult {
+    let ldd = Command::new("ldd").arg(exe).output();
     if let Ok(out) = ldd {
         if String::from_utf8_lossy(&out.stdout).contains("libws2_32") {
-            return Err("the static build still loads libws2_32.so".into());
+            return Err(format!("{} still loads libws2_32.so", exe.display()));
         }
     }
+    Ok(())
+}
+
+fn example_scenario_static() -> TestResult {
+    let exe = build_c("share_listener_static", &[example_source()], true)?;
+    check_static(&exe)?;
+    check_scenario(&exe)
+}
+
+/// `pkg-config ARGS ws2_32` against the .pc file under `prefix`, split into arguments.
+fn pkg_config(prefix: &Path, args: &[&str]) -> Result<Vec<String>, String> {
+    let out = Command::new("pkg-config")
+        .args(args)
+        .arg("ws2_32")
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .map_err(|e| format!("running pkg-config (is it installed?): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pkg-config {args:?} ws2_32 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect())
+}
+
+/// install.sh puts the header, both libraries and ws2_32.pc under a prefix, and a C
+/// program builds with nothing but what pkg-config says: linked to the shared library
+/// (run with only the prefix's lib directory to find it), and to the static one with
+/// `Libs.private`.
+fn install_script_and_pkg_config() -> TestResult {
+    let prefix = out_dir().join("prefix");
+    let _ = std::fs::remove_dir_all(&prefix);
+    // --from: this build's libraries. Building them again from inside `cargo test` would
+    // wait for the lock on the target directory that cargo holds while tests run.
+    let mut install = Command::new("bash");
+    install
+        .arg(crate_dir().join("install.sh"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .arg("--from")
+        .arg(lib_dir());
+    run_to_end(install, "install.sh")?;
+    for file in [
+        "include/winsock2.h",
+        "lib/libws2_32.so",
+        "lib/libws2_32.a",
+        "lib/pkgconfig/ws2_32.pc",
+    ] {
+        if !prefix.join(file).is_file() {
+            return Err(format!("install.sh did not install {file}"));
+        }
+    }
+
+    let exe = out_dir().join("share_listener_pkg_config");
+    let mut cc = Command::new("cc");
+    cc.args(C_FLAGS)
+        .arg(example_source())
+        .arg("-o")
+        .arg(&exe)
+        .args(pkg_config(&prefix, &["--cflags", "--libs"])?);
+    run_compiler(cc)?;
+    let mut run = Command::new(&exe);
+    run.env("LD_LIBRARY_PATH", prefix.join("lib"));
+    check_scenario_run(run)?;
+
+    let exe = out_dir().join("share_listener_pkg_config_static");
+    let private: Vec<String> = pkg_config(&prefix, &["--static", "--libs-only-l"])?
+        .into_iter()
+        .filter(|a| a != "-lws2_32")
+        .collect();
+    let mut cc = Command::new("cc");
+    cc.args(C_FLAGS)
+        .arg(example_source())
+        .arg("-o")
+        .arg(&exe)
+        .args(pkg_config(&prefix, &["--cflags"])?)
+        .arg(prefix.join("lib/libws2_32.a"))
+        .args(private);
+    run_compiler(cc)?;
+    check_static(&exe)?;
     check_scenario(&exe)
 }
 
