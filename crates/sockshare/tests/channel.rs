@@ -309,3 +309,16 @@ fn child_takes_one_socket_and_hands_the_end_on() {
     UdpSocket::try_from(recv_here(&channel)).unwrap();
     hand_to_child(channel, "child_serves_the_listener_it_receives");
 }
+
+#[test]
+fn sockets_sent_by_a_peer_that_closed_with_sockets_unreceived_are_received() {
+    let _serial = serial();
+    let (mine, theirs) = Channel::pair().unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    mine.send(&udp).unwrap(); // never received: Linux resets the connection for it
+    theirs.send(&udp).unwrap();
+    drop(theirs);
+    let got = UdpSocket::try_from(recv_here(&mine)).unwrap();
+    assert_eq!(got.local_addr().unwrap(), udp.local_addr().unwrap());
+    assert_eq!(mine.recv().unwrap_err().kind(), ErrorKind::NetDown);
+}

@@ -7,6 +7,11 @@
 //! so one `recvmmsg(MSG_PEEK)` peeks many records, and one more `recvmmsg` with no room for
 //! descriptors consumes those the caller kept (the kernel drops its references; the copies
 //! remain). Two system calls per batch instead of two per record.
+//!
+//! `ECONNRESET` is not an error here: Linux reports it once, on the next receive, when the
+//! peer closed with records of its own unread, and ahead of whatever is still queued on
+//! this side (then end of file). Both calls go on after it, so a queued socket is never
+//! mistaken for a closed connection, and a consume cut short by it is finished.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -117,7 +122,7 @@ impl Batch {
                 break n as usize;
             }
             match last_errno() {
-                Errno::INTR => {}
+                Errno::INTR | Errno::CONNRESET => {}
                 Errno::AGAIN if !wait => return Ok(Vec::new()),
                 e => return Err(e),
             }
@@ -221,7 +226,7 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
             continue;
         }
         match last_errno() {
-            Errno::INTR => {}
+            Errno::INTR | Errno::CONNRESET => {}
             e => return Err(e),
         }
     }
