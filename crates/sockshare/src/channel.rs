@@ -116,9 +116,10 @@ impl From<OwnedFd> for Channel {
     }
 }
 
-/// Gives the end away, to hand it to another process. Sockets still queued in it, and those
-/// the other end sends meanwhile, are received by the process that takes it up next.
-/// Closing the descriptor instead closes them.
+/// Gives the end away, to hand it to another process. Every socket that
+/// [`recv`](Channel::recv) has not returned here stays in it, and the process that takes
+/// it up next receives those and the ones the other end sends meanwhile. Closing the
+/// descriptor instead closes them.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

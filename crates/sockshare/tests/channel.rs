@@ -20,19 +20,26 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// A channel whose other end is held by a child process running `test`.
 fn pair_with_child(test: &str) -> (Channel, std::process::Child) {
     let (mine, theirs) = Channel::pair().unwrap();
-    (mine, hand_to_child(theirs, test))
+    (mine, hand_to_child(theirs, test, None))
 }
 
-/// Hands `end` to a child process running `test`.
-fn hand_to_child(end: impl Into<OwnedFd>, test: &str) -> std::process::Child {
+/// Hands `end` to a child process running `test`, with `expect` in `CHANNEL_EXPECT`.
+fn hand_to_child(
+    end: impl Into<OwnedFd>,
+    test: &str,
+    expect: Option<SocketAddr>,
+) -> std::process::Child {
     let fd = end.into();
     // The child inherits exactly this end: clear close-on-exec for the spawn.
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
-    Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("CHANNEL_CHILD", fd.as_raw_fd().to_string())
-        .spawn()
-        .unwrap()
+        .env("CHANNEL_CHILD", fd.as_raw_fd().to_string());
+    if let Some(addr) = expect {
+        command.env("CHANNEL_EXPECT", addr.to_string());
+    }
+    command.spawn().unwrap()
 }
 
 /// Runs `f` on a thread of its own and fails the test if it has not returned by the
@@ -164,7 +171,8 @@ fn a_damaged_record_is_refused_and_closed_and_the_channel_goes_on() {
     let (info, _shared) = receiver.recv().unwrap();
     assert!(info.kind().is_udp());
 
-    // So does one queued right behind a damaged record, in the same batch.
+    // So do those queued right before and behind a damaged record, in the same batch.
+    sender.send(&udp).unwrap();
     rustix::net::sendmsg(
         &sender,
         &[std::io::IoSlice::new(&[0u8; 644])],
@@ -173,9 +181,9 @@ fn a_damaged_record_is_refused_and_closed_and_the_channel_goes_on() {
     )
     .unwrap();
     sender.send(&udp).unwrap();
+    assert!(receiver.recv().unwrap().0.kind().is_udp());
     assert_eq!(receiver.recv().unwrap_err().kind(), ErrorKind::Invalid);
-    let (info, _shared) = receiver.recv().unwrap();
-    assert!(info.kind().is_udp());
+    assert!(receiver.recv().unwrap().0.kind().is_udp());
 }
 
 #[test]
@@ -271,7 +279,7 @@ fn a_thread_blocked_in_recv_does_not_stop_another_threads_send() {
 
     // The child takes the end up, serves the listener and sends a socket back, which the
     // waiting thread receives.
-    let mut child = hand_to_child(theirs, "child_serves_the_listener_it_receives");
+    let mut child = hand_to_child(theirs, "child_serves_the_listener_it_receives", None);
     expect_hello(addr);
     let (info, _shared) = within("the receiving thread", move || receiver.join().unwrap()).unwrap();
     assert_eq!(info.target_pid(), std::process::id());
@@ -307,7 +315,39 @@ fn child_takes_one_socket_and_hands_the_end_on() {
         return;
     };
     UdpSocket::try_from(recv_here(&channel)).unwrap();
-    hand_to_child(channel, "child_serves_the_listener_it_receives");
+    hand_to_child(channel, "child_serves_the_listener_it_receives", None);
+}
+
+#[test]
+fn sockets_left_queued_by_recv_go_to_the_ends_next_holder() {
+    let _serial = serial();
+    let (mine, theirs) = Channel::pair().unwrap();
+    let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let second = UdpSocket::bind("127.0.0.1:0").unwrap();
+    mine.send(&first).unwrap();
+    mine.send(&second).unwrap();
+    // Both are queued before this process receives once: one recv may see both.
+    let got = UdpSocket::try_from(recv_here(&theirs)).unwrap();
+    assert_eq!(got.local_addr().unwrap(), first.local_addr().unwrap());
+    let mut child = hand_to_child(
+        theirs,
+        "child_receives_the_expected_socket",
+        Some(second.local_addr().unwrap()),
+    );
+    // With this end closed, a child that finds the queue empty fails instead of waiting.
+    drop(mine);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn child_receives_the_expected_socket() {
+    let _serial = serial();
+    let Some(channel) = inherited_end() else {
+        return;
+    };
+    let expected: SocketAddr = std::env::var("CHANNEL_EXPECT").unwrap().parse().unwrap();
+    let udp = UdpSocket::try_from(recv_here(&channel)).unwrap();
+    assert_eq!(udp.local_addr().unwrap(), expected);
 }
 
 #[test]

@@ -40,10 +40,17 @@
 //! - none, and the other end closed: `WSAENETDOWN`.
 //!
 //! Receiving follows the session's rule: a record is peeked (the kernel installs copies of
-//! its descriptors and keeps it queued) and consumed only when every copy is installed, so
-//! a full descriptor table never destroys a socket. Peeks and consumes are batched: with
-//! `SO_PEEK_OFF` each peek moves past the record before it, so one `recvmmsg` peeks many
-//! records and one more consumes them.
+//! its descriptors and keeps it queued), so a full descriptor table never destroys a
+//! socket. Peeks are batched: with `SO_PEEK_OFF` each peek moves past the record before
+//! it, so one `recvmmsg` peeks many records.
+//!
+//! **A record leaves the kernel's queue only once `recv` has handed it out** (the socket,
+//! or the error that refused it): the records `recv` handed out are consumed together
+//! just before the next peek, so a batch still costs two system calls. The sockets of a
+//! batch that `recv` has not handed out yet are copies of records still queued: giving
+//! the end away (`into_fd`) consumes what was handed out and closes those copies, and the
+//! next holder receives the records themselves (its `adopt` moves the peek offset back to
+//! the head of the queue). Nothing a peek took is lost with the end.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -100,11 +107,27 @@ pub(crate) struct Channel {
     rx: Mutex<Rx>,
 }
 
-/// The receiving side's buffers, reused for every batch.
+/// The receiving side's state, and its buffers reused for every batch.
 struct Rx {
-    /// Records already peeked, checked and consumed, in order, waiting for `recv`.
-    ready: VecDeque<Result<(SocketKind, OwnedFd)>>,
+    /// Records peeked and checked, in order, waiting for `recv`; still queued in the
+    /// kernel, behind the `handed` ones.
+    peeked: VecDeque<Result<(SocketKind, OwnedFd)>>,
+    /// Records at the head of the kernel's queue that `recv` has handed out.
+    handed: usize,
     batch: Batch,
+}
+
+impl Rx {
+    /// Takes the records `recv` has handed out off the kernel's queue (the peek offset
+    /// moves back by as much, to the first record not handed out).
+    fn consume_handed(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
+        if self.handed > 0 {
+            batch::consume(fd, self.handed, self.handed)
+                .map_err(|e| disconnected("consuming records from the channel", e))?;
+            self.handed = 0;
+        }
+        Ok(())
+    }
 }
 
 /// What one record peeked from the queue turned out to be.
@@ -147,16 +170,20 @@ impl Channel {
         let channel = Channel {
             fd,
             rx: Mutex::new(Rx {
-                ready: VecDeque::new(),
+                peeked: VecDeque::new(),
+                handed: 0,
                 batch: Batch::new(BATCH, RECORD_LEN, MAX_FDS, true),
             }),
         };
         (channel, set_up)
     }
 
-    /// Gives the end away (to hand it to another process). Sockets already taken from the
-    /// queue but not yet returned by `recv` are closed.
+    /// Gives the end away (to hand it to another process), with every record `recv` has
+    /// not handed out still queued in it (see the module docs).
     pub(crate) fn into_fd(self) -> OwnedFd {
+        // Only a queue that lost its records fails this; the next holder would then receive
+        // the handed-out ones again: twice, never lost.
+        let _ = lock(&self.rx).consume_handed(self.fd.as_fd());
         self.fd
     }
 
@@ -190,19 +217,23 @@ impl Channel {
     pub(crate) fn recv(&self) -> Result<(ProtocolInfo, OwnedFd)> {
         let mut rx = lock(&self.rx);
         loop {
-            match rx.ready.pop_front() {
+            match rx.peeked.pop_front() {
                 Some(Ok((kind, fd))) => match super::source::next_token() {
                     Ok(token) => {
+                        rx.handed += 1;
                         let info = ProtocolInfo::for_share(kind, super::current_pid(), token);
                         return Ok((info, fd));
                     }
                     // Keep the socket for the next `recv`, as when descriptors run out.
                     Err(e) => {
-                        rx.ready.push_front(Ok((kind, fd)));
+                        rx.peeked.push_front(Ok((kind, fd)));
                         return Err(e);
                     }
                 },
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    rx.handed += 1;
+                    return Err(e);
+                }
                 None => {}
             }
             if !self.receive_batch(&mut rx)? {
@@ -216,44 +247,59 @@ impl Channel {
         }
     }
 
-    /// Peeks up to `BATCH` records (blocking for the first), then consumes those whose
-    /// descriptors were all installed, in order, into `rx.ready`; stops at the first
-    /// record that did not fit (left queued). `Ok(false)` when that was the first.
+    /// Consumes what `recv` handed out, then peeks up to `BATCH` records (blocking for the
+    /// first) and keeps them in `rx.peeked`, in order, up to the first record whose
+    /// descriptor did not fit (left queued for the next peek). `Ok(false)` when that was
+    /// the first.
     fn receive_batch(&self, rx: &mut Rx) -> Result<bool> {
+        rx.consume_handed(self.fd.as_fd())?;
         let metas = rx
             .batch
             .peek(self.fd.as_fd(), true)
             .map_err(|e| disconnected("receiving from the channel", e))?;
         let peeked = metas.len();
         let my_uid = rustix::process::geteuid().as_raw();
-        let mut consume = 0;
+        let mut kept_len = 0;
         for (i, meta) in metas.into_iter().enumerate() {
-            // A record longer than the buffer was peeked in part, and the peek offset
-            // moved past that part only: what the batch peeked after it is the same
-            // record again.
-            let cut_short = meta.len > RECORD_LEN;
+            // A record longer than the buffer was peeked in part, and the peek offset moved
+            // past that part only (what the batch peeked after it is the same record
+            // again), so the batch ends before it. First in the batch, it is refused at
+            // once: its length is unknown, so the offset could not step past it later.
+            if meta.len > RECORD_LEN {
+                if i > 0 {
+                    break;
+                }
+                drop(meta); // closes whatever it carried
+                batch::consume(self.fd.as_fd(), 1, peeked)
+                    .map_err(|e| disconnected("consuming records from the channel", e))?;
+                return Err(refused("it is longer than any channel record"));
+            }
+            let len = meta.len;
             match classify(rx.batch.record(i, &meta), meta, my_uid) {
-                Peeked::Socket(item) => rx.ready.push_back(item),
+                Peeked::Socket(item) => rx.peeked.push_back(item),
                 Peeked::NoRoom => break,
             }
-            consume += 1;
-            if cut_short {
-                break;
-            }
+            kept_len += len;
         }
-        batch::consume(self.fd.as_fd(), consume, peeked)
-            .map_err(|e| disconnected("consuming records from the channel", e))?;
-        Ok(consume > 0)
+        if rx.peeked.len() < peeked {
+            // The next peek starts at the first record not kept.
+            set_peek_off(self.fd.as_fd(), kept_len as i32)
+                .map_err(|e| os_error("setting the channel's peek offset", e))?;
+        }
+        Ok(!rx.peeked.is_empty())
     }
 }
 
+/// The error for a record `recv` refuses.
+fn refused(why: &str) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        format!("the channel refused a record: {why}; whatever it carried is closed"),
+    )
+}
+
 fn classify(bytes: &[u8], meta: Meta, my_uid: u32) -> Peeked {
-    let invalid = |why: &str| {
-        Peeked::Socket(Err(Error::new(
-            ErrorKind::Invalid,
-            format!("the channel refused a record: {why}; whatever it carried is closed"),
-        )))
-    };
+    let invalid = |why: &str| Peeked::Socket(Err(refused(why)));
     let kind = parse_record(bytes);
     if meta.truncated && meta.fds.is_empty() && kind.is_some() {
         return Peeked::NoRoom;
