@@ -69,9 +69,13 @@ impl Channel {
     /// it receives. When it returns, the socket is in the channel: the caller may close
     /// it. The other end need not be taken up yet.
     ///
+    /// When the other end's queue is full, waits for room at most 100 ms (as
+    /// [`duplicate`](crate::duplicate) does for a full session queue).
+    ///
     /// Errors (nothing was sent: the caller still owns its socket): `WSAENOTSOCK` when
     /// `socket` is not a socket; `WSAENETDOWN` when the other end is closed; `WSAENOBUFS`
-    /// when the kernel refuses more descriptors in flight.
+    /// when the queue stayed full (the other end receives too slowly, or not at all: send
+    /// again later) or the kernel refuses more descriptors in flight.
     pub fn send(&self, socket: impl AsFd) -> Result<()> {
         let fd = socket.as_fd();
         let kind = sys::socket_kind(fd)?;

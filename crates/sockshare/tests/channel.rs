@@ -362,3 +362,31 @@ fn sockets_sent_by_a_peer_that_closed_with_sockets_unreceived_are_received() {
     assert_eq!(got.local_addr().unwrap(), udp.local_addr().unwrap());
     assert_eq!(mine.recv().unwrap_err().kind(), ErrorKind::NetDown);
 }
+
+#[test]
+fn a_send_to_a_full_queue_fails_with_no_buffer_space_and_leaves_nothing_queued() {
+    let _serial = serial();
+    // (A process without CAP_SYS_RESOURCE may meet its limit of descriptors in flight
+    // first, RLIMIT_NOFILE; that fails with WSAENOBUFS too.)
+    let (sender, receiver) = Channel::pair().unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (sender, udp, sent, err) = within("sending to a peer that receives nothing", move || {
+        let mut sent = 0;
+        loop {
+            match sender.send(&udp) {
+                Ok(()) => sent += 1,
+                Err(e) => return (sender, udp, sent, e),
+            }
+        }
+    });
+    assert_eq!(err.kind(), ErrorKind::NoBufferSpace, "{err}");
+    assert!(sent > 0);
+    udp.local_addr().unwrap();
+    // Exactly the sockets of the sends that succeeded are queued.
+    drop(sender);
+    for _ in 0..sent {
+        let (info, _shared) = receiver.recv().unwrap();
+        assert!(info.kind().is_udp());
+    }
+    assert_eq!(receiver.recv().unwrap_err().kind(), ErrorKind::NetDown);
+}

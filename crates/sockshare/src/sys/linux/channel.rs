@@ -25,6 +25,10 @@
 //! - held by a process: the socket is queued, in order; that process's `recv` takes it;
 //! - given away (`into_fd`) and not taken up yet, or travelling to another process: the
 //!   socket is queued all the same, and the next holder's `recv` takes it;
+//! - its queue full (a holder that does not receive, or receives more slowly than the
+//!   sender sends): `send` waits for room at most `FULL_QUEUE_WAIT` (100 ms, as
+//!   `duplicate` waits for a full session queue: the kernel's `SO_SNDTIMEO`, set on every
+//!   end), then fails with `WSAENOBUFS`, and nothing was queued;
 //! - closed (its last descriptor): `send` fails (`WSAENETDOWN`) and nothing was queued.
 //!   Sockets queued before the end closed are closed with it by the kernel, as those
 //!   queued to an end that is given away and then closed without being taken up: closing
@@ -57,6 +61,7 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{
@@ -79,6 +84,9 @@ const RECORD_LEN: usize = 24;
 const BATCH: usize = batch::MAX_RECORDS;
 /// Descriptors a peek makes room for: one is valid, more reveal a broken peer.
 const MAX_FDS: usize = 4;
+/// How long `send` waits for room in a full queue before `WSAENOBUFS`: the wait of
+/// `duplicate` for a full session queue, so both ways of sharing fail alike.
+const FULL_QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 fn record(kind: SocketKind) -> [u8; RECORD_LEN] {
     let mut r = [0u8; RECORD_LEN];
@@ -161,11 +169,16 @@ impl Channel {
     /// socket), which callers that do not report it at once leave for the first `send` or
     /// `recv` to meet.
     pub(crate) fn adopt(fd: OwnedFd) -> (Channel, Result<()>) {
-        let set_up = rustix::net::sockopt::set_socket_passcred(&fd, true)
+        use rustix::net::sockopt::{set_socket_passcred, set_socket_timeout, Timeout};
+        let set_up = set_socket_passcred(&fd, true)
             .map_err(|e| os_error("asking for the peer's credentials", e))
             .and_then(|()| {
                 set_peek_off(fd.as_fd(), 0)
                     .map_err(|e| os_error("setting the channel's peek offset", e))
+            })
+            .and_then(|()| {
+                set_socket_timeout(&fd, Timeout::Send, Some(FULL_QUEUE_WAIT))
+                    .map_err(|e| os_error("bounding the channel's wait for room", e))
             });
         let channel = Channel {
             fd,
@@ -205,7 +218,19 @@ impl Channel {
                 SendFlags::NOSIGNAL,
             ) {
                 Ok(_) => return Ok(()),
+                // A signal handler ran while waiting for room: wait once more.
                 Err(Errno::INTR) => {}
+                Err(e @ Errno::AGAIN) => {
+                    return Err(Error::new(
+                        ErrorKind::NoBufferSpace,
+                        format!(
+                            "the channel's other end has received nothing for {} ms and its \
+                             queue is full: let it receive, then send again",
+                            FULL_QUEUE_WAIT.as_millis()
+                        ),
+                    )
+                    .with_source(e.into()))
+                }
                 Err(e @ (Errno::TOOMANYREFS | Errno::NOBUFS | Errno::NOMEM)) => {
                     return Err(os_error("sending the socket over the channel", e))
                 }
