@@ -43,6 +43,11 @@
 //!   `WSAEINVAL`, whatever it carried is closed, and the next `recv` goes on after it;
 //! - none, and the other end closed: `WSAENETDOWN`.
 //!
+//! Threads: `send` takes no lock and reads nothing, so a thread waiting in `recv` (which
+//! holds the receiving side's lock while it waits for a record) never holds up another
+//! thread's `send`, nor a `send` (which waits at most `FULL_QUEUE_WAIT`) a `recv`. Two
+//! threads in `recv` take records one after the other.
+//!
 //! Receiving follows the session's rule: a record is peeked (the kernel installs copies of
 //! its descriptors and keeps it queued), so a full descriptor table never destroys a
 //! socket. Peeks are batched: with `SO_PEEK_OFF` each peek moves past the record before
@@ -154,7 +159,7 @@ impl Channel {
             None,
         )
         .map_err(|e| os_error("creating the channel's socket pair", e))?;
-        // As for a session's connections: room for about a thousand sockets in flight.
+        // As for a session's connections: room for about 2,700 sockets in flight.
         for end in [&a, &b] {
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(end, 1 << 20);
         }
@@ -224,8 +229,8 @@ impl Channel {
                     return Err(Error::new(
                         ErrorKind::NoBufferSpace,
                         format!(
-                            "the channel's other end has received nothing for {} ms and its \
-                             queue is full: let it receive, then send again",
+                            "the channel's queue stayed full for {} ms (its other end receives \
+                             more slowly, or not at all): let it receive, then send again",
                             FULL_QUEUE_WAIT.as_millis()
                         ),
                     )
