@@ -175,6 +175,9 @@ impl Channel {
     /// `recv` to meet.
     pub(crate) fn adopt(fd: OwnedFd) -> (Channel, Result<()>) {
         use rustix::net::sockopt::{set_socket_passcred, set_socket_timeout, Timeout};
+        // Every info `recv` makes names this process: with the fork handlers in place its
+        // pid is kept (and renewed in a forked child), not asked of the kernel each time.
+        super::install_fork_handlers();
         let set_up = set_socket_passcred(&fd, true)
             .map_err(|e| os_error("asking for the peer's credentials", e))
             .and_then(|()| {
