@@ -1,4 +1,5 @@
-//! [`Channel`]: sockshare's own IPC, carrying a socket and its protocol info in one message.
+//! [`Channel`]: sockshare's own IPC, carrying sockets between processes, each received with
+//! its protocol info.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
