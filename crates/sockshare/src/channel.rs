@@ -1,4 +1,5 @@
-//! [`Channel`]: sockshare's own IPC, carrying a socket and its protocol info in one message.
+//! [`Channel`]: sockshare's own IPC, carrying sockets between processes, each received with
+//! its protocol info.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -7,22 +8,24 @@ use crate::info::ProtocolInfo;
 use crate::socket::SharedSocket;
 use crate::sys;
 
-/// One end of a connection that carries sockets between two processes, each with the
-/// protocol info made for the receiving process, in one message. Linux only.
+/// One end of a connection that carries sockets between two processes, each received
+/// with the protocol info made for the receiving process. Linux only.
 ///
 /// Where [`duplicate`](crate::duplicate) leaves the info to travel by the caller's IPC,
 /// a channel is that IPC: no session is needed, and a handoff costs one message. The
-/// guarantees are those of a session: the info is made for the process holding the
-/// other end; [`recv`](Channel::recv) refuses (with `WSAEINVAL`, closing what came) a
-/// sender that is neither of this process's user nor root, and an info made for another
-/// process; and a receiver out of descriptors gets `WSAEMFILE` with the socket still
-/// queued, never lost.
+/// guarantees are those of a session: the info names the process that receives the
+/// socket; [`recv`](Channel::recv) refuses (with `WSAEINVAL`, closing what came) a
+/// sender that is neither of this process's user nor root; and a receiver out of
+/// descriptors gets `WSAEMFILE` with the socket still queued, never lost.
 ///
 /// Make a pair with [`Channel::pair`] and hand one end to another process as a
 /// descriptor ([`OwnedFd::from`]); that process takes it up with
-/// [`Channel::from`]`(fd)`, which tells the other end who holds it now (the kernel
-/// vouches for the pid). Hand an end over before the other end first sends: a sender
-/// learns its peer's process once.
+/// [`Channel::from`]`(fd)`. A socket sent belongs to whichever process holds the other
+/// end when it is received, so ends may be handed on at any time, with sockets in them:
+/// none is lost on the way (see [`From<Channel> for OwnedFd`](#impl-From<Channel>-for-OwnedFd)).
+///
+/// Both directions may be used from two threads at once: a thread waiting in `recv`
+/// does not hold up another thread's `send`, nor the reverse.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,24 +56,27 @@ impl Channel {
     }
 
     /// Takes up an end handed to this process (from [`pair`](Channel::pair) in another
-    /// process, by inheritance or `SCM_RIGHTS`) and tells the other end that this process
-    /// holds it now.
+    /// process, by inheritance or `SCM_RIGHTS`). Sockets sent to the end before are
+    /// received here, even when the other end has been closed since.
     ///
-    /// Fails with `WSAENETDOWN` when the other end is closed, `WSAENOTSOCK` when `fd` is
-    /// not a socket.
+    /// Fails with `WSAENOTSOCK` when `fd` is not a socket.
     pub fn adopt(fd: OwnedFd) -> Result<Channel> {
         let (inner, set_up) = sys::Channel::adopt(fd);
         set_up?;
         Ok(Channel { inner })
     }
 
-    /// Sends a descriptor for `socket`, with the info made for the process holding the
-    /// other end. When it returns, the socket is in the channel: the caller may close it.
+    /// Sends a descriptor for `socket`, for the process that will hold the other end when
+    /// it receives. When it returns, the socket is in the channel: the caller may close
+    /// it. The other end need not be taken up yet.
     ///
-    /// Waits (at most 10 s) for the other end to be taken up if it was handed to another
-    /// process. Errors: `WSAENOTSOCK` when `socket` is not a socket; `WSAENETDOWN` when the
-    /// other end is closed or nobody took it up; `WSAENOBUFS` when the kernel refuses
-    /// more descriptors in flight.
+    /// When the other end's queue is full, waits for room at most 100 ms (as
+    /// [`duplicate`](crate::duplicate) does for a full session queue).
+    ///
+    /// Errors (nothing was sent: the caller still owns its socket): `WSAENOTSOCK` when
+    /// `socket` is not a socket; `WSAENETDOWN` when the other end is closed; `WSAENOBUFS`
+    /// when the queue stayed full (the other end receives too slowly, or not at all: send
+    /// again later) or the kernel refuses more descriptors in flight.
     pub fn send(&self, socket: impl AsFd) -> Result<()> {
         let fd = socket.as_fd();
         let kind = sys::socket_kind(fd)?;
@@ -80,8 +86,8 @@ impl Channel {
     /// Receives the next socket and its info, waiting for one.
     ///
     /// Errors: `WSAEINVAL` when what came is refused (sender not allowed by the default
-    /// policy, info made for another process, damaged record; what it carried is closed,
-    /// and the next `recv` goes on with the next message); `WSAEMFILE` when this process is
+    /// policy, damaged record; what it carried is closed, and the next `recv` goes on
+    /// with the next message); `WSAEMFILE` when this process is
     /// out of descriptors (the socket stays queued: receive again once descriptors are
     /// free); `WSAENETDOWN` when the other end is closed.
     pub fn recv(&self) -> Result<(ProtocolInfo, SharedSocket)> {
@@ -105,8 +111,8 @@ impl AsFd for Channel {
     }
 }
 
-/// Takes up an end handed to this process, as [`Channel::adopt`] does; a failure (the
-/// other end is closed, `fd` is not a socket) is reported by the first `send` or `recv`.
+/// Takes up an end handed to this process, as [`Channel::adopt`] does; a failure (`fd` is
+/// not a socket) is reported by the first `send` or `recv`.
 impl From<OwnedFd> for Channel {
     fn from(fd: OwnedFd) -> Channel {
         Channel {
@@ -115,8 +121,25 @@ impl From<OwnedFd> for Channel {
     }
 }
 
-/// Gives the end away, to hand it to another process: the other end waits for the new
-/// holder's [`Channel::adopt`] before it sends again.
+/// Gives the end away, to hand it to another process. Every socket that
+/// [`recv`](Channel::recv) has not returned here stays in it, and the process that takes
+/// it up next receives those and the ones the other end sends meanwhile. Closing the
+/// descriptor instead closes them.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::net::UdpSocket;
+/// use std::os::fd::OwnedFd;
+/// let (a, b) = sockshare::Channel::pair()?;
+/// let fd = OwnedFd::from(b); // say, for a worker to inherit
+/// let udp = UdpSocket::bind("127.0.0.1:0")?;
+/// a.send(&udp)?; // queued for whoever takes the end up
+///
+/// let b = sockshare::Channel::adopt(fd)?; // here the same process, for brevity
+/// let (info, _shared) = b.recv()?;
+/// assert_eq!(info.target_pid(), std::process::id());
+/// # Ok(()) }
+/// ```
 impl From<Channel> for OwnedFd {
     fn from(c: Channel) -> OwnedFd {
         c.inner.into_fd()

@@ -277,7 +277,7 @@ impl Sender {
                 pipe.write_all(&info.to_bytes_w())?;
                 Ok(())
             }
-            Sender::Channel { channel } => Ok(channel.send(sock)?),
+            Sender::Channel { channel } => Ok(while_full(|| channel.send(sock))?),
             Sender::CApi { pipe, pid } => {
                 let info = loop {
                     // WSAENOBUFS: as for `while_full`.
@@ -303,8 +303,9 @@ impl Sender {
     }
 }
 
-/// Retries a duplicate while the target's queue is full (`WSAENOBUFS`): the target is
-/// behind, and a source that streams sockets waits for it, as a program would.
+/// Retries a duplicate (or a channel's send) while the target's queue is full
+/// (`WSAENOBUFS`): the target is behind, and a source that streams sockets waits for it,
+/// as a program would.
 fn while_full<T>(mut duplicate: impl FnMut() -> sockshare::Result<T>) -> sockshare::Result<T> {
     loop {
         match duplicate() {

@@ -30,13 +30,13 @@
 //!   for many sockets, in as few kernel messages as the OS allows; each message is
 //!   all-or-nothing, and on an error the infos of earlier messages are not returned (their
 //!   sockets stay pending until the target's session ends).
-//! - `struct Channel`: one end of a connected pair that carries a socket and the info made
-//!   for the process holding the other end in one message: `pair()`,
+//! - `struct Channel`: one end of a connected pair that carries sockets, each received with
+//!   the info made for the receiving process: `pair()`,
 //!   `adopt(OwnedFd) -> (Channel, Result<()>)` (this process now holds the end; the
 //!   channel comes back even when taking it up failed, with that failure), `into_fd()`, `as_fd()`, `send(fd, kind)`,
 //!   `recv() -> (ProtocolInfo, OwnedFd)`; `recv` checks the sender against the default
-//!   policy and that the info names this process (`Invalid`), and never loses a socket
-//!   to a full descriptor table (`TooManyDescriptors`, the socket stays queued).
+//!   policy (`Invalid`), and never loses a socket to a full descriptor table
+//!   (`TooManyDescriptors`, the socket stays queued).
 //! - `fn probe(target_pid) -> Result<()>`: the target checks of `duplicate` (`Invalid` as
 //!   there), without pushing anything.
 //!

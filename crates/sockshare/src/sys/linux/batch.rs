@@ -16,6 +16,11 @@
 //! records with bytes, taking empty ones in passing wherever they stand. The end of the
 //! stream also reads as empty records, so a peek that finds nothing else asks the socket
 //! whether its peer has gone (`POLLRDHUP`).
+//!
+//! `ECONNRESET` is not an error here: Linux reports it once, on the next receive, when the
+//! peer closed with records of its own unread, and ahead of whatever is still queued on
+//! this side (then end of file). Both calls go on after it, so a queued socket is never
+//! mistaken for a closed connection, and a consume cut short by it is finished.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -155,7 +160,7 @@ impl Batch {
                 break n as usize;
             }
             match last_errno() {
-                Errno::INTR => {}
+                Errno::INTR | Errno::CONNRESET => {}
                 Errno::AGAIN if !wait => return Ok((0, Vec::new())),
                 e => return Err(e),
             }
@@ -270,7 +275,7 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
         };
         if n < 0 {
             match last_errno() {
-                Errno::INTR => continue,
+                Errno::INTR | Errno::CONNRESET => continue,
                 e => return Err(e),
             }
         }
