@@ -644,18 +644,24 @@ fn s22_redeeming_queued_infos_in_a_scrambled_order_stays_within_capacity() {
 
 // ---- Records: one malformed record must not cost the well-formed ones ----
 
-/// An admitted source sends, on one connection: a push, an empty record, two pushes.
-/// Every well-formed push stays redeemable; the empty record may be dropped.
+/// An admitted source sends, on one connection: a push, an empty record (or one longer
+/// than any push, which a receiver reads in part), two pushes. Every well-formed push
+/// stays redeemable; the odd record may be dropped.
 ///
 /// Run twice: with the session's table full (capacity 1, one socket in it), so all four
 /// records wait in the kernel's queue and the target's redeem reads them together; and
 /// with room, the session's thread reading them as they arrive (timing decides how they
 /// group into reads; a secure target does not care).
 #[test]
-fn an_empty_record_does_not_lose_the_pushes_after_it() {
+fn an_empty_or_overlong_record_does_not_lose_the_pushes_after_it() {
     let _scene = Scene::new();
     let mut violations = Vec::new();
-    for staged in [true, false] {
+    for (odd, staged) in [
+        ("empty", true),
+        ("empty", false),
+        ("long", true),
+        ("long", false),
+    ] {
         let mut target = peer();
         target.ok(if staged {
             "session capacity=1"
@@ -671,8 +677,12 @@ fn an_empty_record_does_not_lose_the_pushes_after_it() {
         let mut source = peer();
         let sockets: Vec<(String, SocketAddr)> = (0..3).map(|_| udp(&mut source)).collect();
         let reply = source.ok(&format!(
-            "push-seq {pid} {} empty {} {}",
-            sockets[0].0, sockets[1].0, sockets[2].0
+            "push-seq {pid} {} {odd} {} {} {}",
+            sockets[0].0,
+            // Read as they come: the session reads the odd record before what follows.
+            if staged { "" } else { "pause" },
+            sockets[1].0,
+            sockets[2].0
         ));
         let infos: Vec<&str> = reply.split_whitespace().collect();
         assert_eq!(infos.len(), 3);
@@ -700,14 +710,14 @@ fn an_empty_record_does_not_lose_the_pushes_after_it() {
                     let got = local(&mut target, &slot);
                     if got != *at {
                         violations.push(format!(
-                            "{run}: push {n} ({place} the empty record) redeemed as {got}, \
+                            "{run}: push {n} ({place} the {odd} record) redeemed as {got}, \
                              not {at}"
                         ));
                     }
                     target.ok(&format!("close {slot}"));
                 }
                 Err(e) => violations.push(format!(
-                    "{run}: push {n} ({place} the empty record) was lost although its \
+                    "{run}: push {n} ({place} the {odd} record) was lost although its \
                      sendmsg succeeded: {e}"
                 )),
             }
@@ -720,7 +730,7 @@ fn an_empty_record_does_not_lose_the_pushes_after_it() {
         sockshare::disconnect_all();
         target.finish();
     }
-    assert_secure("an empty record among pushes", &violations);
+    assert_secure("an empty or overlong record among pushes", &violations);
 }
 
 // ---- S25: hostile load (a measurement) ----

@@ -534,7 +534,8 @@ impl Peer {
     /// `push-seq PID ITEM...`: connects to PID's session by hand, reads its verdict, then
     /// sends one record per ITEM on that one connection: a slot number is a well-formed
     /// push of that socket, made by hand with its info (`craft::handoff`); `empty` is a
-    /// zero-length record with no descriptor. Keeps the connection open (until
+    /// zero-length record with no descriptor, `long` one longer than any push, `pause`
+    /// a wait of 100 ms. Keeps the connection open (until
     /// `close-all`) and replies with the infos of the pushes, in order, in hex.
     fn push_seq(&mut self, w: &[&str]) -> Reply {
         let pid: u32 = num(w, 1)?;
@@ -547,6 +548,12 @@ impl Peer {
         for (i, item) in w.iter().enumerate().skip(2) {
             let sent = if *item == "empty" {
                 send_record(&sock, &craft::empty_record(), &[])
+            } else if *item == "long" {
+                send_record(&sock, &craft::long_record(), &[])
+            } else if *item == "pause" {
+                // Lets the session read what came so far on its own.
+                std::thread::sleep(Duration::from_millis(100));
+                Ok(())
             } else {
                 let s = self.slot(w, i)?;
                 let (entry, info) = craft::handoff(kind_of(s)?, pid);
@@ -681,6 +688,12 @@ mod craft {
     /// A zero-length record, sent with no descriptor.
     pub fn empty_record() -> Vec<u8> {
         Vec::new()
+    }
+
+    /// A record longer than any push (16 KiB of a valid push's header repeated), sent with
+    /// no descriptor: a receiver that reads it in part must not take the rest for records.
+    pub fn long_record() -> Vec<u8> {
+        header(0x10, 1).repeat(1024)
     }
 
     /// The push `raw-push` sends before reading the verdict: one entry of junk.

@@ -646,6 +646,14 @@ impl Inner {
             let peeked = records.len();
             let (mut taken, mut full) = (0, false);
             for (i, meta) in records.into_iter().enumerate() {
+                // A record longer than any push was peeked in part, and the peek offset
+                // moved past that part only: what the batch peeked after it is the rest
+                // of the same record. So the batch ends there; first in it, the record is
+                // dropped whole (a consume takes a record whole).
+                if meta.len > wire::MAX_PUSH_LEN {
+                    taken += usize::from(i == 0);
+                    break;
+                }
                 let record = match push_record(self.batch.record(&meta), meta) {
                     Record::Sockets(sockets) => sockets,
                     // A record that breaks the protocol is dropped (its descriptors close
@@ -792,9 +800,6 @@ enum Record {
 }
 
 fn push_record(bytes: &[u8], meta: Meta) -> Record {
-    if meta.len > wire::MAX_PUSH_LEN {
-        return Record::Broken;
-    }
     let Some(entries) = wire::parse_push(bytes) else {
         return Record::Broken;
     };
