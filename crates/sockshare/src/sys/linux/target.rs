@@ -15,6 +15,7 @@
 //! nothing and costs no descriptor.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -39,6 +40,10 @@ const RETRY: Duration = Duration::from_millis(20);
 const COALESCE: Duration = Duration::from_micros(200);
 /// How recently a redeem must have run for the thread to leave draining to redeems.
 const ACTIVE: Duration = Duration::from_millis(1);
+/// Records a seek peeks at once: few, since each installs copies of its descriptors.
+const SEEK_RECORDS: usize = 8;
+/// The most tokens seeks remember (16 bytes each); past it they start over.
+const SEEN_MAX: usize = 1 << 16;
 /// Source connections one session serves at once; more get a "busy" answer.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -150,6 +155,11 @@ struct Inner {
     batch: Batch,
     /// Buffers for seeking, one record at a time (made on first use).
     seek: Option<Batch>,
+    /// Moves the first connection a drain visits (see `drain_rounds`).
+    turn: usize,
+    /// Tokens seeks have seen queued, by connection slot: where a seek looks first (a
+    /// stale entry only costs a look in the wrong place).
+    seen: HashMap<u64, usize>,
 }
 
 /// A handle on this process's session.
@@ -390,6 +400,8 @@ impl Endpoint {
                 last_redeem: None,
                 batch: Batch::new(batch::MAX_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false),
                 seek: None,
+                turn: 0,
+                seen: HashMap::new(),
             }),
         })
     }
@@ -496,7 +508,7 @@ impl Endpoint {
         inner.live_conns += 1;
         // Data may have arrived before the watch began: edge-triggered epoll would not
         // report it.
-        inner.drain(slot, None);
+        inner.drain_rounds(1, |_| slot, None);
     }
 
     /// Takes the spare descriptor back once receiving no longer lacks descriptors:
@@ -572,9 +584,7 @@ fn serve(ep: &Endpoint) {
         if starved {
             inner.drain_all(None);
         } else if drain {
-            for &slot in &ready {
-                inner.drain(slot, None);
-            }
+            inner.drain_rounds(ready.len(), |k| ready[k], None);
         }
         let retake = starved && !inner.out_of_fds;
         drop(inner);
@@ -601,9 +611,41 @@ impl Inner {
     /// token has arrived.
     fn drain_all(&mut self, until: Option<u64>) {
         self.out_of_fds = false;
-        for slot in 0..self.conns.len() {
-            if self.drain(slot, until) || self.out_of_fds {
-                return;
+        let n = self.conns.len();
+        self.drain_rounds(n, |k| k, until);
+    }
+
+    /// Drains the `count` connections `slot_at(0..count)` names, a batch from each in
+    /// turn, until none has more, the table is full, descriptors run out, or `until` has
+    /// arrived; returns whether it did. Turns, and a first turn that moves on each call,
+    /// share the table among sources, so the socket a target will ask for next (the
+    /// oldest of each source, for a program that takes them in order) is in the table
+    /// rather than behind others in a queue, where only a seek finds it.
+    fn drain_rounds(
+        &mut self,
+        count: usize,
+        slot_at: impl Fn(usize) -> usize,
+        until: Option<u64>,
+    ) -> bool {
+        if count == 0 {
+            return false;
+        }
+        let first = self.turn % count;
+        self.turn = self.turn.wrapping_add(1);
+        loop {
+            let mut more = false;
+            for k in 0..count {
+                match self.drain(slot_at((first + k) % count), until) {
+                    Visit::Found => return true,
+                    Visit::More => more = true,
+                    Visit::Idle => {}
+                }
+                if self.out_of_fds {
+                    return false;
+                }
+            }
+            if !more {
+                return false;
             }
         }
     }
@@ -612,36 +654,37 @@ impl Inner {
         self.last_redeem.is_some_and(|t| t.elapsed() < ACTIVE)
     }
 
-    /// Moves the sockets queued on connection `slot` into the table, a batch of records
-    /// per peek, until the queue is empty, the next record does not fit in the capacity,
-    /// descriptors run out, or `until` has arrived. Returns whether it did.
-    fn drain(&mut self, slot: usize, until: Option<u64>) -> bool {
+    /// Moves one batch of the records queued on connection `slot` into the table, up to
+    /// what fits in the capacity (the rest waits in the queue), and says what it found.
+    fn drain(&mut self, slot: usize, until: Option<u64>) -> Visit {
         // Out of its slot while draining, so the table can be filled meanwhile.
         let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
-            return false;
+            return Visit::Idle;
         };
-        let (keep, found) = self.drain_conn(&mut conn, until);
+        let (keep, visit) = self.drain_conn(&mut conn, until);
         if keep {
             self.conns[slot] = Some(conn);
         } else {
             self.live_conns -= 1; // dropping `conn` closes it and whatever it still queues
         }
-        found
+        visit
     }
 
-    /// `drain` on one connection: returns whether to keep the connection, and whether
-    /// `until` arrived.
-    fn drain_conn(&mut self, conn: &mut Conn, until: Option<u64>) -> (bool, bool) {
+    /// `drain` on one connection: returns whether to keep the connection, and what the
+    /// batch found.
+    fn drain_conn(&mut self, conn: &mut Conn, until: Option<u64>) -> (bool, Visit) {
         let mut found = false;
-        loop {
-            // A full table peeks nothing: the copies would only be closed again.
-            if self.pending.len() >= self.capacity {
-                return (true, found);
+        {
+            // A full table peeks nothing (the copies would only be closed again), unless
+            // records a redeem took sockets from wait at the head: taking those adds
+            // nothing to the table, and frees the source's queue.
+            if self.pending.len() >= self.capacity && conn.tombstones.is_empty() {
+                return (true, Visit::Idle);
             }
             let records = match self.batch.peek(conn.fd.as_fd(), false) {
-                Ok(records) if records.is_empty() => return (true, found),
+                Ok(records) if records.is_empty() => return (true, Visit::Idle),
                 Ok(records) => records,
-                Err(_) => return (false, found),
+                Err(_) => return (false, Visit::Idle),
             };
             let peeked = records.len();
             let (mut taken, mut full) = (0, false);
@@ -681,11 +724,16 @@ impl Inner {
                 taken += 1;
             }
             if batch::consume(conn.fd.as_fd(), taken, peeked).is_err() {
-                return (false, found);
+                return (false, if found { Visit::Found } else { Visit::Idle });
             }
-            if self.out_of_fds || full || found {
-                return (true, found);
-            }
+            let visit = if found {
+                Visit::Found
+            } else if self.out_of_fds || full {
+                Visit::Idle
+            } else {
+                Visit::More
+            };
+            (true, visit)
         }
     }
 
@@ -699,6 +747,9 @@ impl Inner {
                 continue; // `fd` closes: the redeem holds its own copy
             }
             found |= Some(token) == until;
+            if !self.seen.is_empty() {
+                self.seen.remove(&token);
+            }
             // A socket whose token is live already is closed here (see `Table::insert`).
             drop(self.pending.insert(token, kind, fd));
         }
@@ -716,15 +767,27 @@ impl Inner {
         {
             return Ok(None); // taken already by an earlier seek
         }
-        let batch = self
-            .seek
-            .get_or_insert_with(|| Batch::new(1, wire::MAX_PUSH_LEN, wire::MAX_FDS, false));
-        for conn in self.conns.iter_mut().flatten() {
-            let found = seek_conn(batch, conn.fd.as_fd(), token, kind);
+        let batch = self.seek.get_or_insert_with(|| {
+            Batch::new(SEEK_RECORDS, wire::MAX_PUSH_LEN, wire::MAX_FDS, false)
+        });
+        if self.seen.len() > SEEN_MAX {
+            self.seen.clear();
+        }
+        // Where an earlier seek saw the token first, then every connection.
+        let hint = self.seen.get(&token).copied();
+        let slots = hint
+            .into_iter()
+            .chain((0..self.conns.len()).filter(|&slot| Some(slot) != hint));
+        for slot in slots {
+            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let found = seek_conn(batch, conn.fd.as_fd(), (token, kind), slot, &mut self.seen);
             // Back to the head, where the drains expect the peek offset.
             let _ = batch::set_peek_off(conn.fd.as_fd(), 0);
             match found {
                 Sought::Found(fd) => {
+                    self.seen.remove(&token);
                     conn.tombstones.push(token);
                     return Ok(Some(fd));
                 }
@@ -735,6 +798,17 @@ impl Inner {
         }
         Ok(None)
     }
+}
+
+/// What a batch from one connection's queue found.
+enum Visit {
+    /// The token a redeem looks for arrived.
+    Found,
+    /// A batch was taken; more may be queued.
+    More,
+    /// Nothing more to take now: the queue is empty or dropped, the table is full, or
+    /// descriptors ran out.
+    Idle,
 }
 
 fn altered() -> Error {
@@ -755,35 +829,54 @@ enum Sought {
     NotHere,
 }
 
-fn seek_conn(batch: &mut Batch, conn: BorrowedFd<'_>, token: u64, kind: u32) -> Sought {
+/// Peeks through one connection's queue for `sought` (token and packed kind), a few
+/// records at a time, noting in `seen` where every token it passes is (`slot`).
+fn seek_conn(
+    batch: &mut Batch,
+    conn: BorrowedFd<'_>,
+    (token, kind): (u64, u32),
+    slot: usize,
+    seen: &mut HashMap<u64, usize>,
+) -> Sought {
     loop {
-        let Ok(mut records) = batch.peek(conn, false) else {
-            return Sought::NotHere;
+        let records = match batch.peek(conn, false) {
+            Ok(records) if !records.is_empty() => records,
+            _ => return Sought::NotHere,
         };
-        let Some(meta) = records.pop() else {
-            return Sought::NotHere;
-        };
-        let Some(entries) = wire::parse_push(batch.record(&meta)) else {
-            continue;
-        };
-        let complete = meta.fds.len() == entries.len();
-        let Some((i, entry)) = entries
-            .enumerate()
-            .find(|(_, e)| wire::token_of(e.secret) == token)
-        else {
-            continue;
-        };
-        return if entry.kind != kind {
-            Sought::Altered
-        } else if !complete {
-            Sought::NoRoom
-        } else {
-            // The other copies close with `meta`; their records stay queued.
-            meta.fds
-                .into_iter()
-                .nth(i)
-                .map_or(Sought::NotHere, Sought::Found)
-        };
+        // Every token of the batch is noted, those after the one sought included: a
+        // program that takes a source's sockets in order asks for them next, and its
+        // next seeks then start on this connection.
+        let mut sought = Sought::NotHere;
+        for meta in records {
+            let Some(entries) = wire::parse_push(batch.record(&meta)) else {
+                continue;
+            };
+            let complete = meta.fds.len() == entries.len();
+            let mut here = None;
+            for (i, entry) in entries.enumerate() {
+                let t = wire::token_of(entry.secret);
+                seen.insert(t, slot);
+                if t == token && here.is_none() {
+                    here = Some((i, entry.kind));
+                }
+            }
+            if let (Some((i, pushed_kind)), Sought::NotHere) = (here, &sought) {
+                sought = if pushed_kind != kind {
+                    Sought::Altered
+                } else if !complete {
+                    Sought::NoRoom
+                } else {
+                    // The other copies close with `meta`; their records stay queued.
+                    meta.fds
+                        .into_iter()
+                        .nth(i)
+                        .map_or(Sought::NotHere, Sought::Found)
+                };
+            }
+        }
+        if !matches!(sought, Sought::NotHere) {
+            return sought;
+        }
     }
 }
 
