@@ -248,7 +248,23 @@ pub(super) fn start_time(pid: Option<u32>) -> io::Result<u64> {
 /// socket) is still alive, from `SO_PEERPIDFD` (Linux 6.5); `None` where the kernel does
 /// not tell.
 pub(super) fn peer_alive(fd: BorrowedFd<'_>) -> Option<bool> {
-    const SO_PEERPIDFD: libc::c_int = 77;
+    // The option's number where the kernel takes it from asm-generic; the architectures
+    // that number it otherwise (alpha, mips, parisc, sparc) go without the check.
+    const SO_PEERPIDFD: Option<libc::c_int> = if cfg!(any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "powerpc64",
+        target_arch = "s390x",
+        target_arch = "loongarch64"
+    )) {
+        Some(77)
+    } else {
+        None
+    };
+    let option = SO_PEERPIDFD?;
     let mut pidfd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `pidfd` is a writable int of `len` bytes; `fd` is open for the call.
@@ -256,7 +272,7 @@ pub(super) fn peer_alive(fd: BorrowedFd<'_>) -> Option<bool> {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_PEERPIDFD,
+            option,
             (&mut pidfd as *mut libc::c_int).cast(),
             &mut len,
         )
