@@ -48,6 +48,10 @@ const TESTS: &[Test] = &[
     ("c_source_to_c_target_a_and_w", c_to_c),
     ("c_source_to_rust_target", c_to_rust),
     ("rust_source_to_c_target", rust_to_c),
+    (
+        "late_target_calls_wsastartup_after_the_duplicate",
+        late_target,
+    ),
 ];
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -396,6 +400,21 @@ fn fork_children(mode: &str) -> TestResult {
     let out = run_to_end(cmd, &format!("fork {mode}"))?;
     if !out.contains("children worked") {
         return Err(format!("unexpected output: {out}"));
+    }
+    Ok(())
+}
+
+/// S18: `late_target A|W` (tests/c/late_target.c) shares a listener with a child that
+/// calls `WSAStartup` only after it has read the info.
+fn late_target() -> TestResult {
+    let exe = build_c("late_target", &[c_test_source("late_target.c")], false)?;
+    for form in ["A", "W"] {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(form);
+        let out = run_to_end(cmd, &format!("late_target {form}"))?;
+        if !out.contains("all checks passed") {
+            return Err(format!("late_target {form}: unexpected output: {out}"));
+        }
     }
     Ok(())
 }
