@@ -575,3 +575,50 @@ fn s18_infos_for_unready_targets_are_single_use_and_bound_to_the_target() {
     target.finish();
     other.finish();
 }
+
+/// The innermost descendant of `pid` (a peer under its `unshare` wrappers).
+fn descendant(pid: u32) -> u32 {
+    let mut pid = pid;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children.split_whitespace().next() {
+            Some(c) => pid = c.parse().unwrap(),
+            None => return pid,
+        }
+    }
+}
+
+#[test]
+fn s18_pids_that_cannot_become_targets_still_get_wsaeinval() {
+    let _late = Late::new();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A process that ran and ended: its pid is free.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    // Processes in another network or pid namespace, without a session: their session
+    // could never be reached from here (S16), so nothing may wait for one.
+    let netns = PeerCommand::wrapped(&["unshare", "--net"], PEER).spawn();
+    let pidns = PeerCommand::wrapped(&["unshare", "--pid", "--fork"], PEER).spawn();
+    for pid in [
+        0,
+        gone_pid,
+        i32::MAX as u32 + 1,
+        u32::MAX,
+        descendant(netns.child_pid()),
+        descendant(pidns.child_pid()),
+    ] {
+        let (result, took) = timed_duplicate(&socket, pid);
+        match result {
+            Err(e) => assert_eq!(e.kind(), sockshare::ErrorKind::Invalid, "pid {pid}: {e}"),
+            Ok(_) => panic!("pid {pid}: duplicate succeeded, expected WSAEINVAL"),
+        }
+        assert!(
+            took < HANG_GUARD,
+            "pid {pid}: the refusal hung for {took:?}"
+        );
+    }
+    netns.finish();
+    pidns.finish();
+}
