@@ -316,6 +316,8 @@ impl Peer {
             "local" => self.local(w),
             "dup-flood" => self.dup_flood(w),
             "redeem-timed" => self.redeem_timed(w),
+            "sleep" => sleep(w),
+            "session-redeem" => self.session_redeem(w),
             "stress-target" => conformance::stress::target(self.session()?, arg(w, 1)?),
             "stress-source" => conformance::stress::source(arg(w, 1)?),
             other => Err(format!("io unknown command {other}")),
@@ -607,6 +609,34 @@ impl Peer {
         let slot = self.put(Socket::from(shared.map_err(wsa_error)?));
         Ok(format!("{slot} {took}"))
     }
+}
+
+/// The commands of a target that is not ready when a socket is shared with it (S18,
+/// tests/late_targets.rs).
+impl Peer {
+    /// `session-redeem HEX`: starts a session and redeems the info HEX with it at once,
+    /// with nothing in between: a program that calls `WSAStartup` only once it holds the
+    /// info, right before `WSASocket`. Replies as `redeem`. Fails if a session runs
+    /// already, so a test cannot take one path for the other.
+    fn session_redeem(&mut self, w: &[&str]) -> Reply {
+        if self.session.is_some() {
+            return Err("io a session runs already".into());
+        }
+        let hex = arg(w, 1)?;
+        // A malformed info starts no session.
+        info_from_hex(hex)?;
+        self.session = Some(Session::new().map_err(wsa_error)?);
+        self.run(&["redeem", hex])
+    }
+}
+
+/// `sleep MS`: waits MS milliseconds. Queued before another command without waiting for
+/// the answer, it delays that command while the test goes on (a session that starts while
+/// a source is sharing with the process).
+fn sleep(w: &[&str]) -> Reply {
+    let ms: u64 = num(w, 1)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(String::new())
 }
 
 /// Family, type and protocol of a socket, as `duplicate` reads them.
