@@ -264,7 +264,6 @@ fn loopback_listener() -> (TcpListener, SocketAddr) {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_child_without_a_session_redeems_once_it_starts_one() {
     let _late = Late::new();
     let mut target = peer();
@@ -280,7 +279,6 @@ fn s18_a_child_without_a_session_redeems_once_it_starts_one() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_child_whose_session_starts_while_the_source_shares() {
     let _late = Late::new();
     // The session starts before, during and after the short wait a source may give a
@@ -304,7 +302,6 @@ fn s18_a_child_whose_session_starts_while_the_source_shares() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_child_that_starts_its_session_only_to_redeem() {
     let _late = Late::new();
     let mut target = peer();
@@ -320,7 +317,6 @@ fn s18_a_child_that_starts_its_session_only_to_redeem() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_stopped_child_without_a_session_costs_the_source_no_hang() {
     let _late = Late::new();
     let mut target = peer();
@@ -342,7 +338,6 @@ fn s18_a_stopped_child_without_a_session_costs_the_source_no_hang() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_stopped_child_with_a_session_costs_the_source_no_hang() {
     let _late = Late::new();
     let mut target = peer();
@@ -364,7 +359,6 @@ fn s18_a_stopped_child_with_a_session_costs_the_source_no_hang() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_source_killed_right_after_sharing_with_an_unready_target() {
     let _late = Late::new();
     for kind in ["udp", "tcp"] {
@@ -398,7 +392,6 @@ fn s18_a_source_killed_right_after_sharing_with_an_unready_target() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_target_that_ends_without_redeeming_releases_the_socket_and_leaves_nothing() {
     let _late = Late::new();
     for ending in ["exit", "kill", "kill-stopped-with-session"] {
@@ -424,7 +417,6 @@ fn s18_a_target_that_ends_without_redeeming_releases_the_socket_and_leaves_nothi
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_source_peer_keeps_nothing_once_its_unready_target_dies() {
     let _late = Late::new();
     let (listener, at) = loopback_listener();
@@ -447,7 +439,6 @@ fn s18_a_source_peer_keeps_nothing_once_its_unready_target_dies() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_sixteen_unready_targets_each_redeem_their_own_socket() {
     let _late = Late::new();
     let mut targets: Vec<Peer> = (0..16).map(|_| peer()).collect();
@@ -479,7 +470,6 @@ fn s18_sixteen_unready_targets_each_redeem_their_own_socket() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_a_new_process_with_a_dead_unready_targets_pid_gets_nothing() {
     let _late = Late::new();
     let old = peer();
@@ -504,7 +494,6 @@ fn s18_a_new_process_with_a_dead_unready_targets_pid_gets_nothing() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_another_user_cannot_share_with_an_unready_target() {
     let _late = Late::new();
     let mut target = peer();
@@ -533,7 +522,6 @@ fn s18_another_user_cannot_share_with_an_unready_target() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_an_unready_target_of_another_user_takes_from_root_and_its_own_user() {
     let _late = Late::new();
     let mut target = peer_as(NOBODY);
@@ -565,7 +553,6 @@ fn s18_an_unready_target_of_another_user_takes_from_root_and_its_own_user() {
 }
 
 #[test]
-#[ignore = "S18 (sharing with a target that has no session yet) is not built yet"]
 fn s18_infos_for_unready_targets_are_single_use_and_bound_to_the_target() {
     let _late = Late::new();
     let mut target = peer();

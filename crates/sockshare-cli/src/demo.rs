@@ -25,6 +25,10 @@ pub struct DemoArgs {
     /// Share a UDP socket instead of a TCP listener.
     #[arg(long)]
     udp: bool,
+    /// Share with the target before it has started its session: it starts one only once
+    /// it has the info (Windows allows this; a keeper process holds the socket meanwhile).
+    #[arg(long)]
+    late: bool,
 }
 
 fn step(n: u32, role: &str, text: &str) {
@@ -60,6 +64,7 @@ pub fn source(args: &DemoArgs) -> Result<()> {
     );
     let mut child = Command::new(std::env::current_exe()?)
         .arg("demo-target")
+        .args(args.late.then_some("--late"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -178,8 +183,8 @@ fn relay_until(from_target: &mut BufReader<ChildStdout>, prefix: &str) -> Result
 
 /// The target: steps 3, 7, 8, its half of 9, and 10. Step lines go to stdout, where the
 /// source prints them.
-pub fn target() -> Result<()> {
-    let result = run_target();
+pub fn target(late: bool) -> Result<()> {
+    let result = run_target(late);
     if let Err(e) = &result {
         println!("error {e}");
     }
@@ -190,13 +195,22 @@ fn target_step(n: u32, text: &str) {
     println!("step {n:>2}. target [pid {}] {text}", std::process::id());
 }
 
-fn run_target() -> Result<()> {
-    let session = Session::new()?;
-    target_step(
-        3,
-        "started a sharing session (WSAStartup) and sends its process id",
-    );
-    println!("pid {}", session.pid());
+fn run_target(late: bool) -> Result<()> {
+    let early = if late {
+        target_step(
+            3,
+            "sends its process id (it starts no sharing session until it has the info)",
+        );
+        None
+    } else {
+        let session = Session::new()?;
+        target_step(
+            3,
+            "started a sharing session (WSAStartup) and sends its process id",
+        );
+        Some(session)
+    };
+    println!("pid {}", sockshare::current_pid());
     std::io::stdout().flush()?;
 
     let mut bytes = Vec::new();
@@ -210,6 +224,17 @@ fn run_target() -> Result<()> {
             info.target_pid()
         ),
     );
+    let session = match early {
+        Some(session) => session,
+        None => {
+            let session = Session::new()?;
+            target_step(
+                7,
+                "started its sharing session (WSAStartup) only now: the socket waited for it",
+            );
+            session
+        }
+    };
     let shared = session.redeem(&info)?;
     if info.kind().is_udp() {
         let socket = UdpSocket::try_from(shared)?;

@@ -28,7 +28,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The target half of `demo`, started by it (the info arrives on stdin).
     #[command(hide = true)]
-    DemoTarget,
+    DemoTarget {
+        /// Start the session only once the info has arrived.
+        #[arg(long)]
+        late: bool,
+    },
     /// Measure handoffs beside the raw kernel mechanisms, in one run.
     #[cfg(target_os = "linux")]
     Bench(bench::BenchArgs),
@@ -37,7 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Demo(args) => demo::source(&args),
-        Command::DemoTarget => demo::target(),
+        Command::DemoTarget { late } => demo::target(late),
         #[cfg(target_os = "linux")]
         Command::Bench(args) => bench::run(&args),
     };

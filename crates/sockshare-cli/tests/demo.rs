@@ -37,3 +37,14 @@ fn demo_udp_runs_every_step() {
     let out = demo(&["--udp"]);
     assert!(out.contains("received \"hello from target pid"), "{out}");
 }
+
+#[test]
+fn demo_late_shares_before_the_target_has_a_session() {
+    let out = demo(&["--late"]);
+    assert!(out.contains("it starts no sharing session"), "{out}");
+    assert!(
+        out.contains("started its sharing session (WSAStartup) only now"),
+        "{out}"
+    );
+    assert!(out.contains("accepted"), "{out}");
+}

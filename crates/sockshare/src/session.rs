@@ -244,17 +244,20 @@ impl std::fmt::Debug for Session {
 /// Duplicates `socket` for the process `target_pid` (`WSADuplicateSocket`): returns the
 /// protocol info that process turns into its own descriptor with [`Session::redeem`].
 ///
-/// When this returns, the target holds its own reference to the socket: the caller may
-/// close `socket` or exit at once and the socket stays alive for the target. The source
-/// needs no session of its own.
+/// When this returns, the target holds its own reference to the socket (or, on Linux, a
+/// keeper process holds it for a target that has not started its session yet or does not
+/// answer, until it does): the caller may close `socket` or exit at once and the socket
+/// stays alive for the target. The source needs no session of its own, and the target
+/// needs none yet (it redeems once it starts one).
 ///
 /// `socket` is anything that lends its socket: `impl AsFd` on Unix, `impl AsSocket` on
 /// Windows (std's, socket2's and tokio's sockets, or a `SharedSocket`). On Windows this is
 /// the native `WSADuplicateSocketW`.
 ///
 /// Errors, checked in Windows' order: `WSAENOTSOCK` when `socket` is not an open socket;
-/// `WSAEINVAL` when `target_pid` does not exist, has no session, is in another pid or
-/// network namespace, or its policy refuses this process; `WSAENOBUFS` when the target's
+/// `WSAEINVAL` when `target_pid` does not exist, is in another pid or network namespace,
+/// or refuses this process (its session's policy; without a session, the default rule:
+/// its user, or root); `WSAENOBUFS` when the target's
 /// queue of unredeemed sockets is full. On error nothing reached the target.
 ///
 /// ```
@@ -317,7 +320,8 @@ pub fn disconnect_all() {
 }
 
 /// Checks, without sharing anything, that [`duplicate`] could reach `target_pid`: the
-/// process exists, has an active session, and its policy admits this process. Fails with
+/// process exists, and its session's policy admits this process (or, without a session,
+/// this process runs as its user or as root). Fails with
 /// `WSAEINVAL` where `duplicate` would. The C interface uses it to report a bad pid before
 /// a NULL info pointer, in Windows' order, without leaving a socket pending in the target.
 ///

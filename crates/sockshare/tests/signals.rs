@@ -47,12 +47,13 @@ fn a_signal_during_the_handshake_does_not_fail_duplicate() {
         sockshare::duplicate(&socket, pid).map(drop)
     });
     let conn = rustix::net::accept(&listener).unwrap();
-    // The source now waits for the answer: interrupt it, again and again. The thread is
-    // joined only below, so its id stays valid even if it has returned.
+    // The source now waits for the answer: interrupt it, again and again, for a part of
+    // the 0.1 s it waits before giving the target a keeper instead. The thread is joined
+    // only below, so its id stays valid even if it has returned.
     for _ in 0..20 {
         // SAFETY: signalling a joinable thread of this process that has not been joined.
         unsafe { libc::pthread_kill(duplicating.as_pthread_t(), libc::SIGUSR1) };
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
     let mut accepted = b"SSHR".to_vec();
     accepted.extend_from_slice(&2u16.to_le_bytes()); // version

@@ -318,8 +318,8 @@ unsafe fn duplicate_socket<T, const N: usize>(
 /// socket: `s` may be closed at once.
 ///
 /// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED`, `WSAENOTSOCK` (not an open
-/// socket), `WSAEINVAL` (no such process, no session there, or its policy refuses this
-/// process), `WSAEFAULT` (`lpProtocolInfo` NULL), `WSAENOBUFS` (the target's queue of
+/// socket), `WSAEINVAL` (no such process, or it refuses this process: its session's
+/// policy, or without a session, neither its user nor root), `WSAEFAULT` (`lpProtocolInfo` NULL), `WSAENOBUFS` (the target's queue of
 /// unredeemed infos is full), in that order.
 ///
 /// # Safety

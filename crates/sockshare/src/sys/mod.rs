@@ -11,8 +11,8 @@
 //!   does, and a second look would cost the handoff a system call); when it returns `Ok`, the
 //!   target's session holds its own reference to the socket (the caller may close `fd` or exit
 //!   at once), and the returned info names that reference, for that process only, once.
-//!   `Invalid` when the process does not exist, has no session, or its policy refuses the
-//!   caller; `NoBufferSpace` when the target's queue of unredeemed infos is full. On any
+//!   `Invalid` when the process does not exist or refuses the caller (a target without a
+//!   session is shared with through a keeper on Linux, natively on Windows); `NoBufferSpace` when the target's queue of unredeemed infos is full. On any
 //!   error nothing reached the target: the caller still owns its socket.
 //! - `struct Session`: a handle on this process's sharing session, refcounted like
 //!   `WSAStartup`/`WSACleanup`:

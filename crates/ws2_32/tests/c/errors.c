@@ -138,12 +138,14 @@ static void duplicate_errors(void)
         _exit(read(hold[0], &c, 1) < 0);
     }
     close(hold[0]);
-    DWORD bad_pids[] = {0, (DWORD)gone, (DWORD)idle, (DWORD)INT_MAX + 1, UINT32_MAX};
+    DWORD bad_pids[] = {0, (DWORD)gone, (DWORD)INT_MAX + 1, UINT32_MAX};
     for (size_t i = 0; i < sizeof bad_pids / sizeof bad_pids[0]; i++) {
         EXPECT_ERR(WSADuplicateSocketA(good, bad_pids[i], NULL), SOCKET_ERROR, WSAEINVAL);
         EXPECT_ERR(WSADuplicateSocketA(good, bad_pids[i], &a), SOCKET_ERROR, WSAEINVAL);
         EXPECT_ERR(WSADuplicateSocketW(good, bad_pids[i], &w), SOCKET_ERROR, WSAEINVAL);
     }
+    /* A live process without a session is a valid target (S18): the pointer is next. */
+    EXPECT_ERR(WSADuplicateSocketA(good, (DWORD)idle, NULL), SOCKET_ERROR, WSAEFAULT);
     close(hold[1]);
     CHECK(wait_child(idle) == 0);
 

@@ -47,6 +47,7 @@
 
 mod batch;
 mod channel;
+mod keeper;
 mod pending;
 mod source;
 mod target;
@@ -188,6 +189,22 @@ pub(super) fn endpoint_address(
 ) -> io::Result<rustix::net::SocketAddrUnix> {
     rustix::net::SocketAddrUnix::new_abstract_name(
         format!("{}{suffix}", endpoint_prefix(pid, start)).as_bytes(),
+    )
+    .map_err(Into::into)
+}
+
+/// How many keepers (one per source process) may wait for one target at once.
+pub(super) const KEEPER_NAMES: u32 = 16;
+
+/// The abstract name number `index` of a keeper holding sockets for process `pid`
+/// started at `start` (see `keeper`).
+pub(super) fn keeper_address(
+    pid: u32,
+    start: u64,
+    index: u32,
+) -> io::Result<rustix::net::SocketAddrUnix> {
+    rustix::net::SocketAddrUnix::new_abstract_name(
+        format!("sockshare/v2/keep/{pid}.{start}.{index}").as_bytes(),
     )
     .map_err(Into::into)
 }

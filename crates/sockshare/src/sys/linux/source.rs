@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,13 +24,20 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind};
 
-/// How long a new connection may wait for the target's session to answer.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection may wait for the target's session to answer; a target that
+/// does not (stopped, or too busy) gets a keeper instead (see `keeper`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a push may wait for room in a full queue before reporting WSAENOBUFS.
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 /// Connections to targets' sessions, by target pid.
-type Links = Option<HashMap<u32, Arc<OwnedFd>>>;
+type Links = Option<HashMap<u32, Link>>;
+
+/// A connection to a target's session, or the link to a keeper for a target that had none.
+struct Link {
+    fd: Arc<OwnedFd>,
+    keeper: bool,
+}
 static LINKS: Mutex<Links> = Mutex::new(None);
 
 pub(crate) fn duplicate(fd: BorrowedFd<'_>, target_pid: u32) -> Result<ProtocolInfo> {
@@ -153,35 +161,128 @@ fn push(link: &OwnedFd, entries: &[Entry], fds: &[BorrowedFd<'_>]) -> Result<(),
     }
 }
 
-/// The connection to `pid`'s session, and whether it was made by this call.
+/// The connection to `pid`'s session (or to a keeper for it), and whether it was made by
+/// this call.
 fn link_to(pid: u32) -> Result<(Arc<OwnedFd>, bool)> {
-    if let Some(link) = lock(&LINKS).as_ref().and_then(|m| m.get(&pid)) {
-        return Ok((link.clone(), false));
+    let cached = lock(&LINKS)
+        .as_ref()
+        .and_then(|m| m.get(&pid))
+        .map(|l| (l.fd.clone(), l.keeper));
+    if let Some((fd, keeper)) = cached {
+        // A keeper's link turns readable once the target has arrived (or the keeper has
+        // ended): then the session itself takes the next sockets.
+        if !keeper || !wait_ready(&*fd, PollFlags::IN, Duration::ZERO).unwrap_or(true) {
+            return Ok((fd, false));
+        }
+        forget_link(pid, &fd);
     }
     // Connect without the lock: the handshake waits for the target.
-    let link = Arc::new(connect(pid)?);
+    let (fd, keeper) = match connect(pid)? {
+        Some(session) => (session, false),
+        None => {
+            let (start, pidfd) = may_share(pid)?;
+            (super::keeper::spawn(pid, start, pidfd)?, true)
+        }
+    };
+    Ok((cache_link(pid, fd, keeper), true))
+}
+
+/// Keeps a new link to `pid`'s session (or keeper) for the next duplicates.
+fn cache_link(pid: u32, fd: OwnedFd, keeper: bool) -> Arc<OwnedFd> {
+    let fd = Arc::new(fd);
     let mut links = lock(&LINKS);
     let map = links.get_or_insert_with(HashMap::new);
     // Targets come and go: each new connection also closes those whose target has ended,
     // so a long-lived source does not collect dead ones.
-    map.retain(|_, l| !wait_ready(&**l, PollFlags::empty(), Duration::ZERO).unwrap_or(true));
-    map.insert(pid, link.clone());
-    Ok((link, true))
+    map.retain(|_, l| !wait_ready(&*l.fd, PollFlags::empty(), Duration::ZERO).unwrap_or(true));
+    map.insert(
+        pid,
+        Link {
+            fd: fd.clone(),
+            keeper,
+        },
+    );
+    fd
 }
 
-/// Checks that `target_pid` would accept a duplicate from this process (it exists, has a
-/// session, and its policy admits this process) without pushing anything. Leaves the
-/// connection cached for the next `duplicate`.
+/// Whether this process may share with process `pid` before it has a session, by the
+/// default rule (its user, or root): its start time and a pidfd naming it, or `Invalid`.
+fn may_share(pid: u32) -> Result<(u64, OwnedFd)> {
+    let gone = |e: Errno| no_such_process(pid).with_source(e.into());
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| gone(Errno::SRCH))?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::SRCH => gone(e),
+        e => os_error("opening a pidfd for the target", e),
+    })?;
+    // Read with the pidfd open: if the process still lives after the reads, they were
+    // of the process the pidfd names, not of one that reused its pid meanwhile.
+    let start = start_time(Some(pid)).map_err(|e| no_such_process(pid).with_source(e))?;
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2)?.parse::<u32>().ok()
+        });
+    // A process in another network namespace could never reach a keeper here (its names
+    // are abstract, so per namespace), nor one in another pid namespace (it names its
+    // keepers by its own pid, which is not the one this process knows): neither is a
+    // process this one can share with (S16).
+    let ns = |p: &str, kind: &str| {
+        std::fs::metadata(format!("/proc/{p}/ns/{kind}"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let target = pid.to_string();
+    let same_ns = ["net", "pid"]
+        .iter()
+        .all(|kind| ns(&target, kind) == ns("self", kind));
+    if wait_ready(&pidfd, PollFlags::IN, Duration::ZERO).unwrap_or(true) || !same_ns {
+        return Err(no_such_process(pid));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    match uid {
+        Some(uid) if me == 0 || me == uid => Ok((start, pidfd)),
+        Some(uid) => Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "process {pid} runs as uid {uid} and has no sockshare session: until it \
+                 starts one, only its user or root may share with it (this process runs as \
+                 uid {me})"
+            ),
+        )),
+        None => Err(no_such_process(pid)),
+    }
+}
+
+/// Checks that `target_pid` would accept a duplicate from this process without pushing
+/// anything: its session admits this process, or it has none (or does not answer) and
+/// this process may share with it (its user, or root). Leaves a session's connection
+/// cached for the next `duplicate`; starts no keeper.
 pub(crate) fn probe(target_pid: u32) -> Result<()> {
     check_target(target_pid)?;
-    let (link, fresh) = link_to(target_pid)?;
-    // A cached connection may have outlived the target's session (it then polls as
-    // readable or hung up, since a live session never writes after its answer).
-    if !fresh && wait_ready(&*link, PollFlags::IN, Duration::ZERO).unwrap_or(true) {
-        forget_link(target_pid, &link);
-        link_to(target_pid)?;
+    let cached = lock(&LINKS)
+        .as_ref()
+        .and_then(|m| m.get(&target_pid))
+        .map(|l| l.fd.clone());
+    // A cached connection may have outlived the target's session or keeper (it then
+    // polls as readable or hung up, since a live session never writes after its answer).
+    if let Some(fd) = cached {
+        if !wait_ready(&*fd, PollFlags::IN, Duration::ZERO).unwrap_or(true) {
+            return Ok(());
+        }
+        forget_link(target_pid, &fd);
     }
-    Ok(())
+    match connect(target_pid)? {
+        Some(session) => {
+            cache_link(target_pid, session, false);
+            Ok(())
+        }
+        // No keeper for a probe: only whether one could be started.
+        None => may_share(target_pid).map(drop),
+    }
 }
 
 /// Refuses what cannot be a process id, and readies the fork handling a source needs
@@ -209,56 +310,53 @@ pub(crate) fn disconnect_all() {
 
 fn forget_link(pid: u32, link: &Arc<OwnedFd>) {
     if let Some(map) = lock(&LINKS).as_mut() {
-        if map.get(&pid).is_some_and(|l| Arc::ptr_eq(l, link)) {
+        if map.get(&pid).is_some_and(|l| Arc::ptr_eq(&l.fd, link)) {
             map.remove(&pid);
         }
     }
 }
 
 /// Connects to `pid`'s session: to the first of its names whose endpoint is that live
-/// process (see the module docs of `linux`), and returns the admitted connection.
-fn connect(pid: u32) -> Result<OwnedFd> {
+/// process (see the module docs of `linux`), and returns the admitted connection;
+/// `None` when the process has no session that answers in time.
+fn connect(pid: u32) -> Result<Option<OwnedFd>> {
     // The start time names the process, not just its pid: a reused pid has another.
     let start = start_time(Some(pid)).map_err(|e| match e.raw_os_error() {
         // No such process (or one this process may not see).
-        Some(libc::ENOENT | libc::ESRCH) | None => no_session(pid, false).with_source(e),
+        Some(libc::ENOENT | libc::ESRCH) | None => no_such_process(pid).with_source(e),
         Some(_) => os_error("reading the target's start time in /proc", e),
     })?;
-    let (mut impostor, mut busy) = (false, None);
+    let mut busy = None;
     let indexed = (0..ENDPOINT_NAMES).map(|i| i.to_string());
     // Only when every indexed name failed: where squatters hold them all, the session
     // took a random name, which its own descriptors reveal.
     let discovered = std::iter::once(()).flat_map(|()| discover_endpoint(pid, start));
     for suffix in indexed.chain(discovered) {
         match attempt(pid, start, &suffix)? {
-            Attempt::Admitted(sock) => return Ok(sock),
+            Attempt::Admitted(sock) => return Ok(Some(sock)),
+            Attempt::Silent => return Ok(None),
             Attempt::Absent => {}
-            Attempt::Impostor => impostor = true,
+            Attempt::Impostor => {}
             Attempt::Busy(e) => busy = Some(e),
         }
     }
-    Err(match busy {
-        Some(e) => Error::new(
+    match busy {
+        Some(e) => Err(Error::new(
             ErrorKind::NoBufferSpace,
             format!("process {pid}'s session has too many connections waiting"),
         )
-        .with_source(e.into()),
-        None => no_session(pid, impostor),
-    })
+        .with_source(e.into())),
+        // Impostors were skipped: what they hold is not the target's.
+        None => Ok(None),
+    }
 }
 
-fn no_session(pid: u32, impostor: bool) -> Error {
-    let squatted = if impostor {
-        " (a name its session would use is held by another process, which was refused)"
-    } else {
-        ""
-    };
+fn no_such_process(pid: u32) -> Error {
     Error::new(
         ErrorKind::Invalid,
         format!(
-            "process {pid} has no sockshare session reachable from here: it does not \
-             exist, has not started a Session (WSAStartup), or runs in another network \
-             or pid namespace{squatted}"
+            "process {pid} cannot be reached from here: it does not exist, or runs in \
+             another pid namespace (or, with a session, in another network namespace)"
         ),
     )
 }
@@ -272,6 +370,9 @@ enum Attempt {
     Impostor,
     /// The listener's queue of connections is full.
     Busy(Errno),
+    /// The target's session took the connection but did not answer in time (stopped,
+    /// or busy).
+    Silent,
 }
 
 fn attempt(pid: u32, start: u64, suffix: &str) -> Result<Attempt> {
@@ -304,15 +405,7 @@ fn attempt(pid: u32, start: u64, suffix: &str) -> Result<Attempt> {
     let mut buf = [0u8; wire::HEADER_LEN + 1];
     let (got, sender) = match recv_with_sender(sock.as_fd(), &mut buf, HANDSHAKE_TIMEOUT) {
         Ok(Some(answer)) => answer,
-        Ok(None) => {
-            return Err(Error::new(
-                ErrorKind::NetDown,
-                format!(
-                    "process {pid}'s session did not answer within {} s (is it stopped?)",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                ),
-            ))
-        }
+        Ok(None) => return Ok(Attempt::Silent),
         // The target ended (or died) between our connect and its answer.
         Err(e) if is_disconnect(e) => return Ok(Attempt::Absent),
         Err(e) => return Err(os_error("waiting for the target's answer", e)),
@@ -414,7 +507,7 @@ fn close_inherited(links: &mut Links) {
         for link in map.values() {
             // SAFETY: the child's copy of a descriptor the map owns; the map is leaked
             // below, so no OwnedFd closes the number again.
-            unsafe { libc::close(link.as_raw_fd()) };
+            unsafe { libc::close(link.fd.as_raw_fd()) };
         }
         std::mem::forget(map);
     }

@@ -29,7 +29,10 @@ use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 use super::batch::{self, Batch, Meta};
 use super::pending::{Altered, Table};
 use super::wire::{self, Verdict};
-use super::{endpoint_address, lock, os_error, peer_cred, start_time, ENDPOINT_NAMES};
+use super::{
+    endpoint_address, keeper_address, lock, os_error, peer_cred, start_time, ENDPOINT_NAMES,
+    KEEPER_NAMES,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::ProtocolInfo;
 use crate::session::{Policy, SessionOptions, DEFAULT_CAPACITY};
@@ -44,6 +47,8 @@ const ACTIVE: Duration = Duration::from_millis(1);
 const SEEK_RECORDS: usize = 8;
 /// The most tokens seeks remember (16 bytes each); past it they start over.
 const SEEN_MAX: usize = 1 << 16;
+/// How long a redeem that misses waits for keepers to forward what they hold.
+const KEEPER_WAIT: Duration = Duration::from_millis(100);
 /// Source connections one session serves at once; more get a "busy" answer.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -109,6 +114,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 
 struct Endpoint {
     pid: u32,
+    /// This process's start time, which names its session and its keepers.
+    start: u64,
     options: SessionOptions,
     /// See [`unmapped_uid`].
     unmapped_uid: Option<u32>,
@@ -133,6 +140,8 @@ struct Door {
 /// One admitted source connection.
 struct Conn {
     fd: OwnedFd,
+    /// A connection this session made to a keeper (see `keeper`), not a source's.
+    from_keeper: bool,
     /// Tokens of sockets a redeem took from this connection's queue before the session
     /// drained them (see the module docs): their records still hold them.
     tombstones: Vec<u64>,
@@ -196,6 +205,8 @@ impl Session {
         reg.endpoint = Some(endpoint.clone());
         reg.thread = Some(thread);
         reg.refs = 1;
+        // Sockets shared with this process before it had a session wait in keepers.
+        endpoint.pull_keepers();
         Ok(Session { endpoint })
     }
 
@@ -239,6 +250,30 @@ impl Session {
         if let Some(fd) = inner.seek(token, kind)? {
             return Ok(fd);
         }
+        // Shared before this process had a session, or while it did not answer: a
+        // keeper holds it. Ask the keepers, and give those connected a moment to forward.
+        let connected = inner.conns.iter().flatten().any(|c| c.from_keeper);
+        drop(inner);
+        if ep.pull_keepers() || connected {
+            let deadline = Instant::now() + KEEPER_WAIT;
+            loop {
+                let mut inner = lock(&ep.inner);
+                inner.drain_all(Some(token));
+                if let Some(fd) = inner.take(token, kind)? {
+                    return Ok(fd);
+                }
+                if let Some(fd) = inner.seek(token, kind)? {
+                    return Ok(fd);
+                }
+                let keepers = inner.conns.iter().flatten().any(|c| c.from_keeper);
+                if !keepers || Instant::now() >= deadline {
+                    break;
+                }
+                drop(inner);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let inner = lock(&ep.inner);
         if inner.out_of_fds {
             return Err(Error::new(
                 ErrorKind::TooManyDescriptors,
@@ -380,6 +415,7 @@ impl Endpoint {
         let capacity = options.capacity.unwrap_or_else(default_capacity);
         Ok(Endpoint {
             pid,
+            start,
             options,
             unmapped_uid: unmapped_uid(),
             epoll,
@@ -470,7 +506,7 @@ impl Endpoint {
 
     fn admit(&self, conn: OwnedFd) {
         let verdict = self.verdict(conn.as_fd());
-        let answer = |conn: &OwnedFd| {
+        let answer = |conn: BorrowedFd<'_>| {
             rustix::net::send(
                 conn,
                 &wire::reply(verdict),
@@ -479,9 +515,22 @@ impl Endpoint {
             .is_ok()
         };
         if verdict != Verdict::Accepted {
-            answer(&conn);
+            answer(conn.as_fd());
             return; // dropping `conn` closes it and anything it sent
         }
+        // Answered only once the connection is in the table's list: the source pushes as
+        // soon as it reads the answer, and a redeem of what it pushed must find it there.
+        self.add_conn(conn, false, answer);
+    }
+
+    /// Adds a connection whose records the session drains, once `ready` (given the
+    /// connection, with `inner` locked) says yes.
+    fn add_conn(
+        &self,
+        conn: OwnedFd,
+        from_keeper: bool,
+        ready: impl FnOnce(BorrowedFd<'_>) -> bool,
+    ) {
         let mut inner = lock(&self.inner);
         let slot = match inner.conns.iter().position(Option::is_none) {
             Some(i) => i,
@@ -496,19 +545,53 @@ impl Endpoint {
             epoll::EventData::new_u64(CONN_BASE + slot as u64),
             epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET,
         );
-        // Answered only once the connection is in the table's list: the source pushes as
-        // soon as it reads the answer, and a redeem of what it pushed must find it there.
-        if watched.is_err() || !answer(&conn) {
+        if watched.is_err() || !ready(conn.as_fd()) {
             return;
         }
         inner.conns[slot] = Some(Conn {
             fd: conn,
+            from_keeper,
             tombstones: Vec::new(),
         });
         inner.live_conns += 1;
         // Data may have arrived before the watch began: edge-triggered epoll would not
         // report it.
         inner.drain_rounds(1, |_| slot, None);
+    }
+
+    /// Connects to every keeper holding sockets for this process (see `keeper`) whose
+    /// user the policy admits; the keepers then forward them on these connections.
+    /// Returns whether there was any.
+    fn pull_keepers(&self) -> bool {
+        let mut any = false;
+        for index in 0..KEEPER_NAMES {
+            let Ok(addr) = keeper_address(self.pid, self.start, index) else {
+                continue;
+            };
+            let Ok(conn) = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+                None,
+            ) else {
+                return any;
+            };
+            if rustix::net::connect(&conn, &addr).is_err() {
+                continue;
+            }
+            // The keeper is a source like any other: the policy decides on its user; and it
+            // answers only the process it keeps sockets for (see `keeper`).
+            let mut answer = [0u8; wire::HEADER_LEN + 1];
+            let answered = matches!(
+                super::recv_with_sender(conn.as_fd(), &mut answer, KEEPER_WAIT),
+                Ok(Some((n, _))) if wire::parse_reply(&answer[..n]) == Some(Verdict::Accepted)
+            );
+            if answered && self.verdict(conn.as_fd()) == Verdict::Accepted {
+                self.add_conn(conn, true, |_| true);
+                any = true;
+            }
+        }
+        any
     }
 
     /// Takes the spare descriptor back once receiving no longer lacks descriptors:
