@@ -493,6 +493,17 @@ pub fn endpoint_names(pid: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The abstract names of the keepers that may hold sockets for process `pid` before it
+/// has a session (`sockshare/v2/keep/<pid>.<start>.<i>`, `i` in `0..16`).
+pub fn keeper_names(pid: u32) -> Vec<Vec<u8>> {
+    let Some(start) = start_time(pid) else {
+        return Vec::new();
+    };
+    (0..16)
+        .map(|i| format!("sockshare/v2/keep/{pid}.{start}.{i}").into_bytes())
+        .collect()
+}
+
 /// The start time of process `pid` in clock ticks since boot (field 22 of
 /// `/proc/<pid>/stat`), which tells two processes that had the same pid apart; `None` if
 /// there is no such process.

@@ -622,3 +622,30 @@ fn s18_pids_that_cannot_become_targets_still_get_wsaeinval() {
     netns.finish();
     pidns.finish();
 }
+
+#[test]
+fn s18_keeper_names_held_by_another_user_neither_stop_nor_divert_the_handoff() {
+    let _late = Late::new();
+    let mut target = peer();
+    let mut squatter = peer_as(NOBODY);
+    // Another user holds all keeper names but the last; its listeners never answer.
+    squatter.ok(&format!("squat {} keep 15", target.pid));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = socket.local_addr().unwrap();
+    let info = duplicate(&socket, target.pid).expect("one keeper name is still free");
+    drop(socket);
+    // The session asks every keeper name; the squatter's are refused by its policy.
+    target.ok("session");
+    let slot = redeem(&mut target, &info);
+    assert_eq!(target.ok(&format!("local {slot}")), at.to_string());
+    target.ok(&format!("close {slot}"));
+    // With every name held, the source is told, and keeps its socket.
+    let mut late = peer();
+    squatter.ok(&format!("squat {} keep 16", late.pid));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let err = duplicate(&socket, late.pid).expect_err("no keeper name is free");
+    assert_eq!(err.kind(), sockshare::ErrorKind::NoBufferSpace, "{err}");
+    late.finish();
+    squatter.finish();
+    target.finish();
+}

@@ -866,13 +866,22 @@ fn verdict(sock: &OwnedFd) -> &'static str {
 /// The hostile and forking commands of the identity attacks (tests/attacks_identity.rs).
 impl Peer {
     /// `squat PID`: binds and listens on every session name of PID (see
-    /// `conformance::endpoint_names`) before PID can, as another user may. Replies with the
-    /// listeners' slots, one per name.
+    /// `conformance::endpoint_names`) before PID can, as another user may; `squat PID keep
+    /// N`: on the first N names of keepers for PID instead. The listeners never accept.
+    /// Replies with their slots, one per name.
     fn squat(&mut self, w: &[&str]) -> Reply {
         use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
         let pid: u32 = num(w, 1)?;
         let mut slots = Vec::new();
-        for name in endpoint_names(pid) {
+        let names = match w.get(2) {
+            Some(&"keep") => {
+                let mut names = conformance::keeper_names(pid);
+                names.truncate(num(w, 3)?);
+                names
+            }
+            _ => endpoint_names(pid),
+        };
+        for name in names {
             let listener = rustix::net::socket_with(
                 AddressFamily::UNIX,
                 SocketType::SEQPACKET,

@@ -579,14 +579,18 @@ impl Endpoint {
             if rustix::net::connect(&conn, &addr).is_err() {
                 continue;
             }
-            // The keeper is a source like any other: the policy decides on its user; and it
-            // answers only the process it keeps sockets for (see `keeper`).
+            // The keeper is a source like any other: the policy decides on its user (first,
+            // so a listener of a user it refuses costs no wait); and it answers only the
+            // process it keeps sockets for (see `keeper`).
+            if self.verdict(conn.as_fd()) != Verdict::Accepted {
+                continue;
+            }
             let mut answer = [0u8; wire::HEADER_LEN + 1];
             let answered = matches!(
                 super::recv_with_sender(conn.as_fd(), &mut answer, KEEPER_WAIT),
                 Ok(Some((n, _))) if wire::parse_reply(&answer[..n]) == Some(Verdict::Accepted)
             );
-            if answered && self.verdict(conn.as_fd()) == Verdict::Accepted {
+            if answered {
                 self.add_conn(conn, true, |_| true);
                 any = true;
             }
