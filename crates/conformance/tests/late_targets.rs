@@ -640,7 +640,7 @@ fn s18_keeper_names_held_by_another_user_neither_stop_nor_divert_the_handoff() {
     assert_eq!(target.ok(&format!("local {slot}")), at.to_string());
     target.ok(&format!("close {slot}"));
     // With every name held, the source is told, and keeps its socket.
-    let mut late = peer();
+    let late = peer();
     squatter.ok(&format!("squat {} keep 16", late.pid));
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let err = duplicate(&socket, late.pid).expect_err("no keeper name is free");
