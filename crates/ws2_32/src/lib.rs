@@ -319,8 +319,9 @@ unsafe fn duplicate_socket<T, const N: usize>(
 ///
 /// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED`, `WSAENOTSOCK` (not an open
 /// socket), `WSAEINVAL` (no such process, or it refuses this process: its session's
-/// policy, or without a session, neither its user nor root), `WSAEFAULT` (`lpProtocolInfo` NULL), `WSAENOBUFS` (the target's queue of
-/// unredeemed infos is full), in that order.
+/// policy, or without a session, neither its user nor root), `WSAEFAULT`
+/// (`lpProtocolInfo` NULL), `WSAENOBUFS` (the target's queue of unredeemed infos is
+/// full), in that order. The target needs no session yet (S18).
 ///
 /// # Safety
 ///
