@@ -493,6 +493,36 @@ pub fn endpoint_names(pid: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A connected TCP pair on loopback: (client, server), the server reading with a 10 s
+/// deadline so a test that waits for data cannot hang.
+pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let client =
+        std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    server
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    (client, server)
+}
+
+/// The innermost descendant of process `pid` (a peer under its `unshare` wrappers).
+pub fn descendant(pid: u32) -> u32 {
+    let mut pid = pid;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            Some(child) => pid = child,
+            None => return pid,
+        }
+    }
+}
+
 /// The abstract names of the keepers that may hold sockets for process `pid` before it
 /// has a session (`sockshare/v2/keep/<pid>.<start>.<i>`, `i` in `0..16`).
 pub fn keeper_names(pid: u32) -> Vec<Vec<u8>> {

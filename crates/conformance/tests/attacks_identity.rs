@@ -55,17 +55,6 @@ fn describe_reply(r: &Result<String, String>) -> String {
     }
 }
 
-/// Waits until `target`'s session holds `n` pushed sockets: its thread is then idle again.
-fn wait_pending(target: &mut Peer, n: usize) {
-    for _ in 0..1000 {
-        if target.ok("pending").parse::<usize>().unwrap() >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the session's thread never received the pushed socket");
-}
-
 /// Checks that `info` (for a TCP listener of ours at `at`, now closed here) redeems in
 /// `target` as that very listener: a connection to `at` is accepted through it.
 fn redeems_as_listener(target: &mut Peer, info: &ProtocolInfo, at: SocketAddr) {
@@ -366,7 +355,7 @@ fn fork_child_of_a_target_redeems(how: &str) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let info = duplicate(&socket, target.pid).unwrap();
     // The session's thread is idle once it has the socket: it holds no lock at the fork.
-    wait_pending(&mut target, 1);
+    target.wait_pending(1);
     let report = target.ok(&format!("xfork {how} redeem {}", hex_w(&info)));
     assert!(
         report.starts_with("WSAEINVAL") || report.starts_with("WSANOTINITIALISED"),
@@ -392,7 +381,7 @@ fn fork_child_of_a_target_holds(how: &str) {
     duplicate(&client, target.pid).unwrap();
     drop(client);
     // The session's thread is idle once it has the socket: it holds no lock at the fork.
-    wait_pending(&mut target, 1);
+    target.wait_pending(1);
     let mut child = HeldChild(target.ok(&format!("xfork {how} hold 30")).parse().unwrap());
     target.ok("end");
     // A deadline only to stop waiting: the parent's close of the last reference sends

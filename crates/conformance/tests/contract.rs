@@ -10,7 +10,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::time::Duration;
 
-use conformance::{from_hex, info_from_hex, to_hex, Peer, PeerCommand, Scene};
+use conformance::{
+    descendant, from_hex, info_from_hex, tcp_pair, to_hex, Peer, PeerCommand, Scene,
+};
 use sockshare::{duplicate, ErrorKind, Policy, ProtocolInfo, Session};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -26,39 +28,6 @@ fn target_scene() -> (Scene, Peer) {
     let mut target = peer();
     target.ok("session");
     (scene, target)
-}
-
-/// A connected TCP pair on loopback: (client, server).
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    (client, server)
-}
-
-/// Waits until `target`'s session holds `n` pushed sockets in its table.
-fn wait_pending(target: &mut Peer, n: usize) {
-    for _ in 0..1000 {
-        if target.ok("pending").parse::<usize>().unwrap() >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the session's thread never received the pushed socket");
-}
-
-/// Waits until `peer` holds `n` descriptors: its session's thread lets go of closed
-/// connections on its own time. Panics with `what` if it never does.
-fn wait_fds(peer: &mut Peer, n: usize, what: &str) {
-    let mut now = peer.fds();
-    for _ in 0..1000 {
-        if now == n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        now = peer.fds();
-    }
-    panic!("{what}: {now} descriptors, expected {n}");
 }
 
 fn hex_w(info: &ProtocolInfo) -> String {
@@ -273,7 +242,7 @@ fn s6_infos_are_single_use_bound_to_the_target_and_checked() {
     let info = duplicate(&socket, target.pid).unwrap();
     // The session's thread moves the pushed socket into the table (a descriptor of the
     // target) on its own time: count only once it has.
-    wait_pending(&mut target, 1);
+    target.wait_pending(1);
     let target_fds = target.fds();
     let other_fds = other.fds();
 
@@ -502,7 +471,7 @@ fn s11_the_default_capacity_leaves_descriptors_for_other_sources() {
     // Once both sources let go, the session holds nothing of theirs.
     source.finish();
     sockshare::disconnect_all();
-    wait_fds(&mut target, before, "the target kept descriptors");
+    target.wait_fds(before, "the target kept descriptors");
     target.finish();
 }
 
@@ -521,7 +490,7 @@ fn s6_each_of_thousands_pending_redeems_as_itself_in_any_order() {
         let info = duplicate(&socket, target.pid).unwrap();
         pushed.push((info, socket.local_addr().unwrap()));
     }
-    wait_pending(&mut target, N);
+    target.wait_pending(N);
     // Oldest last, newest first, and the middle from both ends at once.
     let mut order: Vec<usize> = (N / 2..N).rev().collect();
     let (mut lo, mut hi) = (0, N / 2 - 1);
@@ -668,19 +637,6 @@ fn s16_other_network_or_pid_namespaces_get_a_clean_wsaeinval() {
     pidns.fails_with(&format!("dup {slot} {}", session.pid()), "WSAEINVAL");
     drop(session);
     pidns.finish();
-}
-
-/// The innermost descendant of `pid` (the peer under its `unshare` wrappers).
-fn descendant(pid: u32) -> u32 {
-    let mut pid = pid;
-    loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        match children.split_whitespace().next() {
-            Some(c) => pid = c.parse().unwrap(),
-            None => return pid,
-        }
-    }
 }
 
 #[test]
@@ -972,8 +928,7 @@ fn s17_garbage_from_an_admitted_source_is_dropped_while_genuine_handoffs_go_on()
     newcomer.ok("disconnect");
     // Give the session's thread the closed connections before counting.
     genuine_handoff(&mut target, "after");
-    wait_fds(
-        &mut target,
+    target.wait_fds(
         target_fds,
         "the target holds descriptors of closed connections",
     );

@@ -22,7 +22,7 @@ use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use conformance::{info_from_hex, to_hex, Peer, PeerCommand, Scene};
+use conformance::{descendant, info_from_hex, tcp_pair, to_hex, Peer, PeerCommand, Scene};
 use sockshare::{duplicate, ProtocolInfo};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -223,17 +223,6 @@ fn serve(target: &mut Peer, slot: &str, at: SocketAddr, text: &str) {
         .expect("read from the shared listener");
     assert_eq!(String::from_utf8_lossy(&buf[..n]), text);
     target.ok(&format!("close {conn}"));
-}
-
-/// A connected TCP pair on loopback: (client, server).
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    server
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    (client, server)
 }
 
 fn assert_still_open(server: &TcpStream) {
@@ -574,19 +563,6 @@ fn s18_infos_for_unready_targets_are_single_use_and_bound_to_the_target() {
     other.fails_with(&redeem_line, "WSAEINVAL");
     target.finish();
     other.finish();
-}
-
-/// The innermost descendant of `pid` (a peer under its `unshare` wrappers).
-fn descendant(pid: u32) -> u32 {
-    let mut pid = pid;
-    loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        match children.split_whitespace().next() {
-            Some(c) => pid = c.parse().unwrap(),
-            None => return pid,
-        }
-    }
 }
 
 #[test]
