@@ -199,13 +199,34 @@ fn prepare(keep: &[RawFd; 3]) {
     let mut from = 0u32;
     for fd in sorted {
         if fd as u32 > from {
-            // SAFETY: closes descriptors this process inherited and does not use.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd as u32 - 1, 0) };
+            close_range(from, fd as u32 - 1);
         }
         from = fd as u32 + 1;
     }
-    // SAFETY: as above, every descriptor above the highest kept one.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+    close_range(from, u32::MAX);
+}
+
+/// Closes the descriptors `first..=last` this process inherited and does not use:
+/// `close_range` (Linux 5.9), or one `close` each up to the descriptor limit before it.
+fn close_range(first: u32, last: u32) {
+    // SAFETY: closes only numbers in the range, none of which this process uses.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0 {
+        return;
+    }
+    // SAFETY: getrlimit writes the struct on this stack; close on any number is sound
+    // here (nothing in this process owns the numbers in the range).
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let end = last.min(
+            u32::try_from(limit.rlim_cur)
+                .unwrap_or(u32::MAX)
+                .saturating_sub(1),
+        );
+        for fd in first..=end {
+            libc::close(fd as RawFd);
+        }
+    }
 }
 
 /// A record taken from the link, with its sockets, not yet forwarded.
