@@ -625,3 +625,64 @@ fn s18_keeper_names_held_by_another_user_neither_stop_nor_divert_the_handoff() {
     squatter.finish();
     target.finish();
 }
+
+#[test]
+fn s18_a_keeper_holds_only_what_it_needs_in_a_session_of_its_own() {
+    let _late = Late::new();
+    let target = peer();
+    let (client, _server) = tcp_pair();
+    // This test process has many descriptors open (cargo's pipes, the pair above): the
+    // keeper forked from it must keep none of them.
+    let info = duplicate(&client, target.pid).expect("duplicate for an unready target");
+    // The keeper names itself first thing, but may not have run yet.
+    let mut found = keepers();
+    for _ in 0..200 {
+        if !found.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        found = keepers();
+    }
+    assert_eq!(found.len(), 1, "one keeper for one target: {found:?}");
+    let keeper = found[0];
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{keeper}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+        .collect();
+    // Its listener, its end of the link to the source, and the target's pidfd.
+    assert_eq!(fds.len(), 3, "the keeper holds {fds:?}");
+    assert!(fds.iter().any(|f| f.contains("pidfd")), "{fds:?}");
+    let status = std::fs::read_to_string(format!("/proc/{keeper}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    // No handler of the source's and no blocked signal came along (but glibc's own for
+    // its reserved signals 32 and 33, which sigaction does not let a program change).
+    let glibc = (1u64 << 31) | (1u64 << 32);
+    let caught = u64::from_str_radix(&field("SigCgt:"), 16).unwrap();
+    assert_eq!(caught & !glibc, 0, "{status}");
+    assert_eq!(
+        u64::from_str_radix(&field("SigBlk:"), 16),
+        Ok(0),
+        "{status}"
+    );
+    // A session of its own: the terminal's signals do not reach it.
+    let stat = std::fs::read_to_string(format!("/proc/{keeper}/stat")).unwrap();
+    let session: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session, keeper, "the keeper leads its own session");
+    drop((client, info));
+    target.finish();
+}
