@@ -22,7 +22,10 @@ use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use conformance::{descendant, info_from_hex, tcp_pair, to_hex, Peer, PeerCommand, Scene};
+use conformance::{
+    assert_eof, assert_still_open, descendant, hex_w, info_from_hex, tcp_pair, Peer, PeerCommand,
+    Scene,
+};
 use sockshare::{duplicate, ProtocolInfo};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -194,10 +197,6 @@ fn timed_duplicate(socket: &impl AsFd, pid: u32) -> (sockshare::Result<ProtocolI
         .unwrap_or_else(|_| panic!("duplicate for {pid} did not return within 30 s"))
 }
 
-fn hex_w(info: &ProtocolInfo) -> String {
-    to_hex(&info.to_bytes_w())
-}
-
 /// Redeems `info` in `target` (its session started); returns the slot.
 fn redeem(target: &mut Peer, info: &ProtocolInfo) -> String {
     redeem_hex(target, &hex_w(info))
@@ -223,26 +222,6 @@ fn serve(target: &mut Peer, slot: &str, at: SocketAddr, text: &str) {
         .expect("read from the shared listener");
     assert_eq!(String::from_utf8_lossy(&buf[..n]), text);
     target.ok(&format!("close {conn}"));
-}
-
-fn assert_still_open(server: &TcpStream) {
-    server.set_nonblocking(true).unwrap();
-    let e = (&*server).read(&mut [0u8; 8]).unwrap_err();
-    assert_eq!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock,
-        "the connection ended while the target could still redeem it"
-    );
-    server.set_nonblocking(false).unwrap();
-}
-
-/// The server end sees EOF (within its 10 s read timeout): every reference to the client
-/// end is gone.
-fn assert_eof(mut server: &TcpStream) {
-    match server.read(&mut [0u8; 8]) {
-        Ok(0) => {}
-        other => panic!("expected EOF, the shared socket is still held somewhere: {other:?}"),
-    }
 }
 
 /// A listener on loopback and its address.
@@ -684,5 +663,28 @@ fn s18_a_keeper_holds_only_what_it_needs_in_a_session_of_its_own() {
         .unwrap();
     assert_eq!(session, keeper, "the keeper leads its own session");
     drop((client, info));
+    target.finish();
+}
+
+#[test]
+fn s18_a_keeper_answers_no_process_but_its_target() {
+    let _late = Late::new();
+    let mut target = peer();
+    let mut intruder = peer();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = socket.local_addr().unwrap();
+    let info = duplicate(&socket, target.pid).expect("duplicate for an unready target");
+    drop(socket);
+    // Another process of the same user connects to the keeper, as only the target should.
+    let report = intruder.ok(&format!("keeper-probe {}", target.pid));
+    assert!(
+        report.starts_with("keepers=1 ") && report.ends_with(" bytes=0 fds=0"),
+        "a process that is not the target got from the keeper: {report}"
+    );
+    // The socket still waits for its target.
+    target.ok("session");
+    let slot = redeem(&mut target, &info);
+    assert_eq!(target.ok(&format!("local {slot}")), at.to_string());
+    intruder.finish();
     target.finish();
 }

@@ -305,6 +305,7 @@ impl Peer {
             "fake-report" => fake_report(self.fake.as_ref()),
             "xfork" => self.xfork(w),
             "reap" => reap(w),
+            "keeper-probe" => keeper_probe(w),
             "whoami" => Ok(format!(
                 "uid={} euid={}",
                 rustix::process::getuid().as_raw(),
@@ -1242,4 +1243,48 @@ fn recv_with_fds(
         }
     }
     Ok((msg.bytes, fds))
+}
+
+/// `keeper-probe PID`: connects to every keeper name of PID, as a process that is not PID,
+/// and reads what each sends within 300 ms. Replies `keepers=K bytes=B fds=F`: how many
+/// keepers accepted the connection and what they sent.
+fn keeper_probe(w: &[&str]) -> Reply {
+    use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
+    let pid: u32 = num(w, 1)?;
+    let (mut keepers, mut bytes, mut fds) = (0, 0, 0);
+    for name in conformance::keeper_names(pid) {
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| io_error(e.into()))?;
+        let addr = SocketAddrUnix::new_abstract_name(&name).map_err(|e| io_error(e.into()))?;
+        if rustix::net::connect(&sock, &addr).is_err() {
+            continue;
+        }
+        keepers += 1;
+        let deadline = Instant::now() + Duration::from_millis(300);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut poll = [rustix::event::PollFd::new(
+                &sock,
+                rustix::event::PollFlags::IN,
+            )];
+            let timeout = rustix::event::Timespec::try_from(left).map_err(|_| "io time")?;
+            if left.is_zero() || rustix::event::poll(&mut poll, Some(&timeout)).unwrap_or(0) == 0 {
+                break;
+            }
+            match recv_with_fds(&sock, RecvFlags::DONTWAIT) {
+                Ok((0, got)) if got.is_empty() => break,
+                Ok((n, got)) => {
+                    bytes += n;
+                    fds += got.len();
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(format!("keepers={keepers} bytes={bytes} fds={fds}"))
 }
