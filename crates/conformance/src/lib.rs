@@ -493,6 +493,37 @@ pub fn endpoint_names(pid: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// An info's W form in hex, as peers take it.
+pub fn hex_w(info: &ProtocolInfo) -> String {
+    to_hex(&info.to_bytes_w())
+}
+
+/// Asserts that the connection `server` is the far end of is still open: nothing to
+/// read, and no end of file.
+pub fn assert_still_open(server: &std::net::TcpStream) {
+    use std::io::Read;
+    server.set_nonblocking(true).expect("nonblocking");
+    let e = (&*server)
+        .read(&mut [0u8; 8])
+        .expect_err("no data and no EOF");
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the connection ended while a process could still hold its other end"
+    );
+    server.set_nonblocking(false).expect("blocking");
+}
+
+/// Asserts that `server` sees end of file (within its read timeout): every reference to
+/// the other end of the connection is gone.
+pub fn assert_eof(mut server: &std::net::TcpStream) {
+    use std::io::Read;
+    match server.read(&mut [0u8; 8]) {
+        Ok(0) => {}
+        other => panic!("expected EOF, the shared socket is still held somewhere: {other:?}"),
+    }
+}
+
 /// A connected TCP pair on loopback: (client, server), the server reading with a 10 s
 /// deadline so a test that waits for data cannot hang.
 pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use conformance::{info_from_hex, peer_with_pid, to_hex, Peer, PeerCommand, Scene};
+use conformance::{hex_w, info_from_hex, peer_with_pid, Peer, PeerCommand, Scene};
 use sockshare::{duplicate, ErrorKind, ProtocolInfo};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -23,10 +23,6 @@ fn peer() -> Peer {
 
 fn peer_as(uid: u32) -> Peer {
     PeerCommand::new(PEER).as_user(uid, uid).spawn()
-}
-
-fn hex_w(info: &ProtocolInfo) -> String {
-    to_hex(&info.to_bytes_w())
 }
 
 /// The slot of a reply `SLOT ADDR` (or `SLOT`).

@@ -11,7 +11,8 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::time::Duration;
 
 use conformance::{
-    descendant, from_hex, info_from_hex, tcp_pair, to_hex, Peer, PeerCommand, Scene,
+    assert_eof, assert_still_open, descendant, from_hex, hex_w, info_from_hex, tcp_pair, to_hex,
+    Peer, PeerCommand, Scene,
 };
 use sockshare::{duplicate, ErrorKind, Policy, ProtocolInfo, Session};
 
@@ -28,10 +29,6 @@ fn target_scene() -> (Scene, Peer) {
     let mut target = peer();
     target.ok("session");
     (scene, target)
-}
-
-fn hex_w(info: &ProtocolInfo) -> String {
-    to_hex(&info.to_bytes_w())
 }
 
 /// Redeems `info` in `target`; returns the slot and the reported kind words.
@@ -541,21 +538,6 @@ fn redeemed_connection(target: &mut Peer) -> (String, TcpStream) {
     let (server, info) = pending_connection(target);
     let (slot, _) = redeem_in(target, &info);
     (slot, server)
-}
-
-fn assert_still_open(server: &TcpStream) {
-    server.set_nonblocking(true).unwrap();
-    let e = (&*server).read(&mut [0u8; 8]).unwrap_err();
-    assert_eq!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock,
-        "the connection ended early"
-    );
-    server.set_nonblocking(false).unwrap();
-}
-
-fn assert_eof(mut server: &TcpStream) {
-    assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0, "expected EOF");
 }
 
 #[test]

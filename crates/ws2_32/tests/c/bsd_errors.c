@@ -34,24 +34,11 @@ static struct sockaddr_in loopback(unsigned short port)
     return addr;
 }
 
-/* A listening TCP socket on a free loopback port; its address in *addr. */
-static SOCKET listener(struct sockaddr_in *addr)
-{
-    SOCKET l = WSASocketA(AF_INET, SOCK_STREAM, 0, NULL, 0, 0);
-    *addr = loopback(0);
-    socklen_t len = sizeof *addr;
-    CHECK(l != INVALID_SOCKET);
-    CHECK(bind((int)l, (struct sockaddr *)addr, sizeof *addr) == 0);
-    CHECK(listen((int)l, 4) == 0);
-    CHECK(getsockname((int)l, (struct sockaddr *)addr, &len) == 0);
-    return l;
-}
-
 static void each_bsd_failure(void)
 {
     char byte = 'x';
     struct sockaddr_in addr;
-    SOCKET l = listener(&addr);
+    SOCKET l = loopback_listener('A', &addr);
 
     /* A closed descriptor is not a socket. */
     SOCKET closed = WSASocketA(AF_INET, SOCK_STREAM, 0, NULL, 0, 0);
@@ -78,7 +65,7 @@ static void each_bsd_failure(void)
 
     /* Connect refused: a port nothing listens on (taken from a socket just closed). */
     struct sockaddr_in free_addr;
-    SOCKET probe = listener(&free_addr);
+    SOCKET probe = loopback_listener('A', &free_addr);
     CHECK(closesocket(probe) == 0);
     SOCKET c = WSASocketA(AF_INET, SOCK_STREAM, 0, NULL, 0, 0);
     EXPECT_BSD(connect((int)c, (struct sockaddr *)&free_addr, sizeof free_addr), WSAECONNREFUSED);
@@ -166,7 +153,7 @@ static void interleavings(void)
     /* The library's successful calls leave the last error alone, whether it came from a
        BSD call, from the library or from WSASetLastError. */
     struct sockaddr_in addr;
-    SOCKET l = listener(&addr);
+    SOCKET l = loopback_listener('A', &addr);
     CHECK(send(closed, &byte, 1, 0) == -1);
     SOCKET s = WSASocketA(AF_INET, SOCK_DGRAM, 0, NULL, 0, 0);
     u_long on = 1;

@@ -1,9 +1,12 @@
 /* Helpers shared by the C test programs: assertions that count failures, descriptor
-   counting through /proc/self/fd, whole reads and writes on pipes. */
+   counting through /proc/self/fd, whole reads and writes on pipes, a loopback
+   listener. */
 #ifndef WS2_TEST_CHECK_H
 #define WS2_TEST_CHECK_H
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,23 @@ static int failures;
             failures++;                                                                   \
         }                                                                                 \
     } while (0)
+
+/* A listening TCP socket on a free loopback port, made with WSASocketW when form is 'W'
+   and WSASocketA otherwise; its address in *addr. */
+static inline SOCKET loopback_listener(char form, struct sockaddr_in *addr)
+{
+    SOCKET s = form == 'W' ? WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0)
+                           : WSASocketA(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0);
+    CHECK(s != INVALID_SOCKET);
+    memset(addr, 0, sizeof *addr);
+    addr->sin_family = AF_INET;
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof *addr;
+    CHECK(bind((int)s, (struct sockaddr *)addr, sizeof *addr) == 0);
+    CHECK(listen((int)s, 4) == 0);
+    CHECK(getsockname((int)s, (struct sockaddr *)addr, &len) == 0);
+    return s;
+}
 
 static inline int count_fds(void)
 {

@@ -16,15 +16,8 @@
 
 static SOCKET tcp_listener(void)
 {
-    SOCKET s = WSASocketA(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0);
     struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK(s != INVALID_SOCKET);
-    CHECK(bind((int)s, (struct sockaddr *)&addr, sizeof addr) == 0);
-    CHECK(listen((int)s, 4) == 0);
-    return s;
+    return loopback_listener('A', &addr);
 }
 
 static int port_of(SOCKET s)

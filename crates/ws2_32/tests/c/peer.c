@@ -22,17 +22,8 @@ static int source(char form, DWORD pid)
     int fds = count_fds();
     WSADATA wsa;
     CHECK(WSAStartup(MAKEWORD(2, 2), &wsa) == 0);
-    SOCKET s = form == 'W' ? WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0)
-                           : WSASocketA(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0);
-    CHECK(s != INVALID_SOCKET);
     struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    CHECK(bind((int)s, (struct sockaddr *)&addr, sizeof addr) == 0);
-    CHECK(listen((int)s, 4) == 0);
-    CHECK(getsockname((int)s, (struct sockaddr *)&addr, &len) == 0);
+    SOCKET s = loopback_listener(form, &addr);
     int rc;
     if (form == 'W') {
         WSAPROTOCOL_INFOW info;
