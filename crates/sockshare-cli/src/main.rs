@@ -1,10 +1,15 @@
-//! `sockshare`: the specification's scenario between two real processes (`demo`) and the
+//! `sockshare`: the specification's scenario between two real processes (`demo`), the
 //! benchmarks (`bench`, Linux only: they measure Linux's own kernel mechanisms beside the
-//! library).
+//! library), and zero-downtime restarts for any socket-activated server (`serve`,
+//! `reload`, and `hello`, a server to try them with; Linux only: systemd's conventions).
 
 #[cfg(target_os = "linux")]
 mod bench;
 mod demo;
+#[cfg(target_os = "linux")]
+mod hello;
+#[cfg(target_os = "linux")]
+mod serve;
 
 use std::process::ExitCode;
 
@@ -36,6 +41,37 @@ enum Command {
     /// Measure handoffs beside the raw kernel mechanisms, in one run.
     #[cfg(target_os = "linux")]
     Bench(bench::BenchArgs),
+    /// Keep a server's sockets and run generations of its workers on them: reload on
+    /// SIGHUP or `sockshare reload` without refusing a connection (sd_listen_fds(3) and
+    /// sd_notify(3) conventions).
+    #[cfg(target_os = "linux")]
+    Serve(serve::ServeArgs),
+    /// Ask a running `sockshare serve` for a reload; exits 0 once the new generation has
+    /// taken over, 1 with the reason when it failed and the old one goes on serving.
+    #[cfg(target_os = "linux")]
+    Reload {
+        /// The pid of `sockshare serve`.
+        #[arg(long)]
+        pid: u32,
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// A small socket-activated server that answers every connection with its pid and
+    /// generation: try `sockshare serve` with it.
+    #[cfg(target_os = "linux")]
+    Hello(hello::HelloArgs),
+    /// Serve's trampoline into a worker (sets LISTEN_PID, drops privileges, executes).
+    #[cfg(target_os = "linux")]
+    #[command(hide = true)]
+    ServeExec {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +80,26 @@ fn main() -> ExitCode {
         Command::DemoTarget { late } => demo::target(late),
         #[cfg(target_os = "linux")]
         Command::Bench(args) => bench::run(&args),
+        #[cfg(target_os = "linux")]
+        Command::Serve(args) => serve::run(args),
+        #[cfg(target_os = "linux")]
+        Command::Reload { pid, timeout } => {
+            serve::reload(pid, std::time::Duration::from_secs(timeout))
+                .map(|what| println!("{what}"))
+                .map_err(Into::into)
+        }
+        #[cfg(target_os = "linux")]
+        Command::Hello(args) => hello::run(&args),
+        #[cfg(target_os = "linux")]
+        Command::ServeExec {
+            parent,
+            user,
+            command,
+        } => {
+            let why = serve::exec(parent, user.as_deref(), &command);
+            eprintln!("sockshare serve-exec: {why}");
+            return ExitCode::from(127);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

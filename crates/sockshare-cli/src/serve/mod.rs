@@ -1,0 +1,179 @@
+//! `sockshare serve`: keeps a server's listening sockets in a process of their own and
+//! runs generations of workers on them, so a reload or a crash never refuses a connection.
+//!
+//! The pieces: [`listeners`] (the sockets, bound once or taken from socket activation),
+//! [`workers`] (starting one, sd_listen_fds(3)-style), [`notify`] (sd_notify(3) both
+//! ways), [`control`] (`sockshare reload`), [`supervisor`] (generations: start, ready,
+//! take over, drain, roll back, restart). This file holds the options and the event loop:
+//! one thread, signals read from a signalfd, waits bounded by the next deadline.
+
+mod control;
+mod listeners;
+mod notify;
+mod signals;
+mod supervisor;
+mod workers;
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+pub use control::reload;
+pub use workers::exec;
+
+use listeners::ListenSpec;
+use signals::Signals;
+use supervisor::{Config, Readiness, Supervisor};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Options of `sockshare serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A socket to keep for the workers, repeatable: `tcp:HOST:PORT`, `udp:HOST:PORT`,
+    /// `unix:PATH` (`unix:@NAME` for an abstract name), optionally named (`web=tcp:...`;
+    /// workers see the names in `LISTEN_FDNAMES`). Under socket activation, an inherited
+    /// socket of the same name or address is taken instead of binding.
+    #[arg(long = "listen", value_name = "[NAME=]ADDR")]
+    listen: Vec<ListenSpec>,
+    /// Workers per generation.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: u32,
+    /// Seconds a new generation has to become ready before it is stopped and the old one
+    /// kept.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    ready_timeout: f64,
+    /// Seconds an old generation has, after SIGTERM, to finish its connections before
+    /// SIGKILL; serve's own stop allows the same.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    drain_timeout: f64,
+    /// How a worker shows it is ready: `notify` (it sends READY=1 on NOTIFY_SOCKET,
+    /// sd_notify(3)), or `alive:SECS` for programs that cannot notify (ready when still
+    /// running SECS after it started).
+    #[arg(long, default_value = "notify", value_name = "notify|alive:SECS")]
+    ready: Readiness,
+    /// Run workers as this user (and group), e.g. `nobody` or `www-data:www-data`: serve
+    /// binds privileged ports as root, the workers serve unprivileged.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// Old generations that may still be draining when a reload starts; a reload beyond
+    /// this waits (queued, not lost) until one has finished.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    max_draining: u32,
+    /// The worker command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+fn seconds(value: f64, option: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("--{option}: {value} is not a number of seconds").into())
+}
+
+/// Runs serve until SIGTERM or SIGINT; `Ok` when it stopped cleanly.
+///
+/// # Errors
+///
+/// Bad options, sockets that cannot be bound, a first generation that never becomes
+/// ready.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let config = Config {
+        workers: args.workers as usize,
+        ready_timeout: seconds(args.ready_timeout, "ready-timeout")?,
+        drain_timeout: seconds(args.drain_timeout, "drain-timeout")?,
+        readiness: args.ready,
+        max_draining: args.max_draining as usize,
+    };
+    let user = args
+        .user
+        .as_deref()
+        .map(workers::Credentials::resolve)
+        .transpose()?;
+    // Before anything else: the environment is serve's own, and signals must be blocked
+    // before any child exists, or a SIGCHLD could be missed.
+    let manager = notify::Manager::from_env()?;
+    let inherited = listeners::inherited()?;
+    let signals = Signals::block()?;
+    if args.listen.is_empty() && inherited.is_empty() {
+        return Err(
+            "nothing to serve: give --listen, or start serve with socket activation".into(),
+        );
+    }
+    let mut listeners = listeners::open(&args.listen, inherited)?;
+    for l in &listeners {
+        log(format_args!("listening on {} as {:?}", l.describe, l.name));
+    }
+    if let Some(m) = manager.as_ref().filter(|m| m.fd_store) {
+        for l in &mut listeners {
+            m.send(&format!("FDSTORE=1\nFDNAME={}", l.name), &[l.fd.as_fd()])?;
+            l.keep_path();
+        }
+        log(format_args!(
+            "gave the service manager {} listeners to keep",
+            listeners.len()
+        ));
+    }
+    let notify_socket = notify::NotifySocket::bind()?;
+    let control = match control::ControlSocket::bind() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log(format_args!(
+                "no control socket ({e}): reload with SIGHUP only"
+            ));
+            None
+        }
+    };
+    let plan = workers::Plan {
+        command: &args.command,
+        listeners: &listeners,
+        notify_socket: &notify_socket.name,
+        user: user.as_ref(),
+    };
+    let mut supervisor = Supervisor::new(config, plan, manager);
+    supervisor.start();
+    loop {
+        if let Some(outcome) = supervisor.finished() {
+            return outcome.map_err(Into::into);
+        }
+        let timeout = supervisor
+            .next_deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        let mut fds = vec![
+            PollFd::new(&signals, PollFlags::IN),
+            PollFd::new(&notify_socket, PollFlags::IN),
+        ];
+        if let Some(c) = &control {
+            fds.push(PollFd::new(c, PollFlags::IN));
+        }
+        let timeout = timeout.map(|t| {
+            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(fds);
+        for signal in signals.pending()? {
+            supervisor.on_signal(signal);
+        }
+        while let Some(message) = notify_socket.receive()? {
+            supervisor.on_message(&message);
+        }
+        if let Some(c) = &control {
+            while let Some(control::Request::Reload(stream)) = c.next() {
+                supervisor.reload(Some(stream), "sockshare reload");
+            }
+        }
+        supervisor.tick(Instant::now());
+    }
+}
+
+/// One line on stderr per event, as `sockshare serve[PID]: ...`.
+pub fn log(what: std::fmt::Arguments<'_>) {
+    eprintln!("sockshare serve[{}]: {what}", std::process::id());
+}
