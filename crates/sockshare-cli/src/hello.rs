@@ -5,12 +5,14 @@
 //! crate (sd_listen_fds(3): `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`), says `READY=1`
 //! on `NOTIFY_SOCKET` (sd_notify(3)), and answers every connection, and every datagram,
 //! with one line: `hello from pid PID generation G`. On SIGTERM or SIGINT it stops
-//! accepting, finishes the connection in hand, and exits 0.
+//! accepting, finishes the connection in hand, and exits 0. Under `serve --dispatch` it
+//! takes its connections from serve with `sockshare::dispatch::Worker` instead, and
+//! stops when serve ends its channel.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsFd;
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +52,12 @@ pub fn run(args: &HelloArgs) -> Result<()> {
     // thread alone takes the signals with sigwait.
     let stop_signals = block_signals(args.ignore_term)?;
     let mut fds = listenfd::ListenFd::from_env();
-    if fds.len() == 0 {
+    // Under `serve --dispatch`, connections come one by one from serve.
+    let worker = match std::env::var_os(sockshare::dispatch::FD_VAR) {
+        Some(_) => Some(sockshare::dispatch::Worker::from_env()?),
+        None => None,
+    };
+    if fds.len() == 0 && worker.is_none() {
         return Err("no sockets: start it under `sockshare serve` (LISTEN_FDS is not set)".into());
     }
     let mut sockets = Vec::new();
@@ -81,10 +88,15 @@ pub fn run(args: &HelloArgs) -> Result<()> {
         })
         .collect();
     std::thread::sleep(Duration::try_from_secs_f64(args.ready_delay).unwrap_or_default());
-    if !args.no_ready {
-        notify("READY=1\nSTATUS=answering")?;
+    // Without NOTIFY_SOCKET (not under serve) there is no one to tell.
+    if !args.no_ready && std::env::var_os("NOTIFY_SOCKET").is_some() {
+        sockshare::dispatch::notify("READY=1\nSTATUS=answering")?;
     }
-    wait_for(&stop_signals);
+    match worker {
+        // Serve ends the channel to stop a dispatch worker.
+        Some(worker) => serve_dispatched(&worker, answer.as_bytes(), delay)?,
+        None => wait_for(&stop_signals),
+    }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -121,6 +133,19 @@ fn serve(socket: &Socket, stop: &AtomicBool, answer: &[u8], delay: Duration) {
     }
 }
 
+/// Answers each connection serve hands this worker, until serve ends the channel.
+fn serve_dispatched(
+    worker: &sockshare::dispatch::Worker,
+    answer: &[u8],
+    delay: Duration,
+) -> Result<()> {
+    while let Some(conn) = worker.accept()? {
+        std::thread::sleep(delay);
+        reply(conn, answer);
+    }
+    Ok(())
+}
+
 /// Waits up to 50 ms for a client: the stop flag is looked at between waits. The sockets
 /// stay blocking for the workers' sake and the accept after a wake-up may find nothing
 /// (another worker took it), so they are made nonblocking first.
@@ -155,22 +180,6 @@ fn reply(mut stream: impl Read + Write, answer: &[u8]) {
     let mut line = String::new();
     let _ = BufReader::new(&mut stream).read_line(&mut line);
     let _ = stream.write_all(answer);
-}
-
-/// sd_notify(3) by hand: one datagram to `NOTIFY_SOCKET` (a path, or `@` and an abstract
-/// name); nothing when the variable is unset.
-fn notify(state: &str) -> Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    let Some(name) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let name = name.to_string_lossy().into_owned();
-    let addr = match name.strip_prefix('@') {
-        Some(abstract_name) => std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?,
-        None => std::os::unix::net::SocketAddr::from_pathname(&name)?,
-    };
-    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
 }
 
 /// Blocks SIGTERM (unless ignored) and SIGINT, returning the set `wait_for` takes.

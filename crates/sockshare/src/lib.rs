@@ -44,6 +44,8 @@
 // A Channel is Linux's SCM_RIGHTS; Windows has no socket-carrying IPC to build it on.
 #[cfg(target_os = "linux")]
 mod channel;
+#[cfg(target_os = "linux")]
+pub mod dispatch;
 mod error;
 pub mod info;
 mod os;

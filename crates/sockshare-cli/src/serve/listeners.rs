@@ -293,6 +293,11 @@ fn same_socket(fd: &OwnedFd, addr: &Addr) -> bool {
     }
 }
 
+/// Whether `fd` is a stream socket (what `--dispatch` accepts on).
+pub fn is_stream(fd: &impl AsFd) -> bool {
+    SockRef::from(fd).r#type().is_ok_and(|t| t == Type::STREAM)
+}
+
 /// "tcp 127.0.0.1:8080", "udp [::1]:53", "unix /run/x.sock": what a log line says of a
 /// socket.
 pub fn describe(fd: &impl AsFd) -> String {

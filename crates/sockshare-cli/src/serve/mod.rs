@@ -8,6 +8,7 @@
 //! one thread, signals read from a signalfd, waits bounded by the next deadline.
 
 mod control;
+mod dispatch;
 mod listeners;
 mod notify;
 mod signals;
@@ -15,7 +16,7 @@ mod supervisor;
 mod workers;
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -62,6 +63,16 @@ pub struct ServeArgs {
     /// this waits (queued, not lost) until one has finished.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     max_draining: u32,
+    /// Accept on the stream listeners here and hand each connection to the least loaded
+    /// worker with sockshare (workers take them with `sockshare::dispatch::Worker`, or
+    /// in C through `SOCKSHARE_DISPATCH_FD` and `WSASocketA`). Datagram listeners are
+    /// not dispatched: workers get them whole, as without this option.
+    #[arg(long)]
+    dispatch: bool,
+    /// Under `--dispatch`: connections a worker may hold handed but not yet taken; a
+    /// worker at this bound (stalled, overloaded) gets no more until it catches up.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    dispatch_queue: u32,
     /// The worker command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -125,13 +136,31 @@ pub fn run(args: ServeArgs) -> Result<()> {
             None
         }
     };
+    let (dispatched, passed): (Vec<_>, Vec<_>) = listeners
+        .iter()
+        .partition(|l| args.dispatch && listeners::is_stream(&l.fd));
     let plan = workers::Plan {
         command: &args.command,
-        listeners: &listeners,
+        dispatched: args.dispatch.then(|| {
+            let names: Vec<&str> = dispatched.iter().map(|l| l.name.as_str()).collect();
+            names.join(":")
+        }),
+        listeners: passed,
         notify_socket: &notify_socket.name,
         user: user.as_ref(),
     };
-    let mut supervisor = Supervisor::new(config, plan, manager);
+    let dispatcher = if args.dispatch {
+        if dispatched.is_empty() {
+            return Err("--dispatch: no stream listener to dispatch".into());
+        }
+        Some(dispatch::Dispatcher::new(
+            dispatched,
+            args.dispatch_queue as usize,
+        )?)
+    } else {
+        None
+    };
+    let mut supervisor = Supervisor::new(config, plan, manager, dispatcher);
     supervisor.start();
     loop {
         if let Some(outcome) = supervisor.finished() {
@@ -147,6 +176,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if let Some(c) = &control {
             fds.push(PollFd::new(c, PollFlags::IN));
         }
+        let watched = supervisor.watch();
+        fds.extend(watched.iter().map(|fd| PollFd::new(fd, PollFlags::IN)));
         let timeout = timeout.map(|t| {
             rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
                 tv_sec: 1,
@@ -157,7 +188,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+        let ready: Vec<i32> = fds
+            .iter()
+            .filter(|p| !p.revents().is_empty())
+            .map(|p| p.as_fd().as_raw_fd())
+            .collect();
         drop(fds);
+        drop(watched);
         for signal in signals.pending()? {
             supervisor.on_signal(signal);
         }
@@ -170,6 +207,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
         }
         supervisor.tick(Instant::now());
+        supervisor.dispatch(&ready);
     }
 }
 

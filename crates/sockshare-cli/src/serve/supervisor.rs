@@ -24,6 +24,7 @@
 //! queued and starting reloads fail, every worker gets SIGTERM, then SIGKILL at the drain
 //! deadline (or at once on a second signal), and serve exits 0 when the last is gone.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 
 use super::control;
+use super::dispatch::{Candidate, Dispatcher, Link};
 use super::log;
 use super::notify::{monotonic_usec, Manager, Message};
 use super::workers::{self, Plan};
@@ -82,6 +84,8 @@ struct Worker {
     slot: usize,
     started: Instant,
     ready: bool,
+    /// Under `--dispatch`: serve's end of the worker's channel.
+    link: Option<Link>,
 }
 
 impl Worker {
@@ -161,10 +165,17 @@ pub struct Supervisor<'a> {
     stopping: Option<Instant>,
     /// Set when serve should exit, with how.
     outcome: Option<Result<(), String>>,
+    /// Under `--dispatch`: the accepting side.
+    dispatcher: Option<Dispatcher<'a>>,
 }
 
 impl<'a> Supervisor<'a> {
-    pub fn new(config: Config, plan: Plan<'a>, manager: Option<Manager>) -> Supervisor<'a> {
+    pub fn new(
+        config: Config,
+        plan: Plan<'a>,
+        manager: Option<Manager>,
+        dispatcher: Option<Dispatcher<'a>>,
+    ) -> Supervisor<'a> {
         let backoff = vec![BACKOFF_FIRST; config.workers];
         Supervisor {
             config,
@@ -179,7 +190,27 @@ impl<'a> Supervisor<'a> {
             backoff,
             stopping: None,
             outcome: None,
+            dispatcher,
         }
+    }
+
+    /// Starts one worker of generation `number`, with its channel under `--dispatch`.
+    fn spawn(&self, number: u64, slot: usize) -> std::io::Result<Worker> {
+        let (link, theirs) = match self.dispatcher {
+            Some(_) => {
+                let (link, theirs) = Link::pair()?;
+                (Some(link), Some(theirs))
+            }
+            None => (None, None),
+        };
+        let child = workers::spawn(&self.plan, number, theirs.as_ref())?;
+        Ok(Worker {
+            child,
+            slot,
+            started: Instant::now(),
+            ready: false,
+            link,
+        })
     }
 
     /// Starts the first generation.
@@ -214,13 +245,8 @@ impl<'a> Supervisor<'a> {
         };
         let mut failure = None;
         for slot in 0..self.config.workers {
-            match workers::spawn(&self.plan, number) {
-                Ok(child) => generation.workers.push(Worker {
-                    child,
-                    slot,
-                    started: Instant::now(),
-                    ready: false,
-                }),
+            match self.spawn(number, slot) {
+                Ok(worker) => generation.workers.push(worker),
                 Err(e) => {
                     failure = Some(format!("cannot start a worker: {e}"));
                     break;
@@ -326,6 +352,9 @@ impl<'a> Supervisor<'a> {
         }
         log(format_args!("{name}: stopping every worker"));
         self.tell_manager("STOPPING=1");
+        if let Some(d) = &mut self.dispatcher {
+            d.drop_backlog();
+        }
         self.stopping = Some(Instant::now() + self.config.drain_timeout);
         self.restarts.clear();
         for w in self.queued.take().into_iter().flatten() {
@@ -348,8 +377,18 @@ impl<'a> Supervisor<'a> {
         self.draining.iter().for_each(|d| f(&d.generation));
     }
 
-    fn drain(&mut self, generation: Generation) {
-        generation.signal_all(Signal::TERM);
+    fn drain(&mut self, mut generation: Generation) {
+        if self.dispatcher.is_some() {
+            // A dispatch worker's stop request is the end of its channel: it finishes
+            // what it was handed (a SIGTERM's default action would cut those short).
+            for w in &mut generation.workers {
+                if let Some(link) = &mut w.link {
+                    link.close();
+                }
+            }
+        } else {
+            generation.signal_all(Signal::TERM);
+        }
         let deadline = match self.stopping {
             Some(at) => at,
             None => Instant::now() + self.config.drain_timeout,
@@ -423,6 +462,69 @@ impl<'a> Supervisor<'a> {
             std::process::id()
         ));
         self.begin_queued();
+    }
+
+    /// Under `--dispatch`, what the loop waits on besides its own: the listeners (not
+    /// once stopping) and every worker's channel (for its reports).
+    pub fn watch(&self) -> Vec<BorrowedFd<'_>> {
+        let Some(d) = &self.dispatcher else {
+            return Vec::new();
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        if self.stopping.is_none() {
+            fds.extend(d.watch());
+        }
+        let generations = self
+            .starting
+            .iter()
+            .map(|s| &s.generation)
+            .chain(self.serving.iter())
+            .chain(self.draining.iter().map(|d| &d.generation));
+        for g in generations {
+            fds.extend(
+                g.workers
+                    .iter()
+                    .filter_map(|w| w.link.as_ref())
+                    .map(|l| l.as_fd()),
+            );
+        }
+        fds
+    }
+
+    /// Under `--dispatch`: reads the reports of the channels in `ready`, accepts on the
+    /// listeners in `ready`, and hands out what serve holds to the serving generation.
+    pub fn dispatch(&mut self, ready: &[i32]) {
+        let Some(d) = &mut self.dispatcher else {
+            return;
+        };
+        let links = self
+            .starting
+            .iter_mut()
+            .map(|s| &mut s.generation)
+            .chain(self.serving.iter_mut())
+            .chain(self.draining.iter_mut().map(|d| &mut d.generation))
+            .flat_map(|g| g.workers.iter_mut())
+            .filter_map(|w| w.link.as_mut());
+        for link in links {
+            if ready.contains(&link.as_fd().as_raw_fd()) {
+                link.read_reports();
+            }
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        d.accept(ready);
+        let Some(g) = &mut self.serving else { return };
+        let mut candidates: Vec<Candidate<'_>> = g
+            .workers
+            .iter_mut()
+            .filter(|w| w.ready)
+            .filter_map(|w| {
+                let pid = w.pid();
+                w.link.as_mut().map(|link| Candidate { pid, link })
+            })
+            .collect();
+        d.hand_out(&mut candidates);
     }
 
     /// When `tick` next has something to do.
@@ -504,7 +606,10 @@ impl<'a> Supervisor<'a> {
     fn reap_serving(&mut self, now: Instant) {
         let Some(g) = &mut self.serving else { return };
         let number = g.number;
-        for (w, status) in g.reap() {
+        for (mut w, status) in g.reap() {
+            if let (Some(d), Some(link)) = (&mut self.dispatcher, w.link.take()) {
+                d.requeue(link.orphans());
+            }
             let lived = now.saturating_duration_since(w.started);
             let backoff = &mut self.backoff[w.slot];
             if lived >= BACKOFF_RESET {
@@ -522,12 +627,22 @@ impl<'a> Supervisor<'a> {
             });
             *backoff = (*backoff * 2).min(BACKOFF_MAX);
         }
+        // A worker started in place of one that exited serves as soon as it can; it
+        // counts as ready (for dispatch) as the first ones did.
+        if let (Some(g), Readiness::Alive(after)) = (&mut self.serving, self.config.readiness) {
+            for w in g.workers.iter_mut().filter(|w| now >= w.started + after) {
+                w.ready = true;
+            }
+        }
     }
 
     fn reap_draining(&mut self, now: Instant) {
         let mut freed = false;
         self.draining.retain_mut(|d| {
-            for (w, status) in d.generation.reap() {
+            for (mut w, status) in d.generation.reap() {
+                if let (Some(dispatcher), Some(link)) = (&mut self.dispatcher, w.link.take()) {
+                    dispatcher.requeue(link.orphans());
+                }
                 log(format_args!(
                     "generation {}: worker {} exited ({})",
                     d.generation.number,
@@ -558,26 +673,23 @@ impl<'a> Supervisor<'a> {
     }
 
     fn restart(&mut self, slot: usize) {
-        let Some(g) = &mut self.serving else { return };
-        match workers::spawn(&self.plan, g.number) {
-            Ok(child) => {
+        let Some(number) = self.serving.as_ref().map(|g| g.number) else {
+            return;
+        };
+        match self.spawn(number, slot) {
+            Ok(worker) => {
                 log(format_args!(
-                    "generation {}: worker {} started in place of the one that exited",
-                    g.number,
-                    child.id()
+                    "generation {number}: worker {} started in place of the one that exited",
+                    worker.pid()
                 ));
-                g.workers.push(Worker {
-                    child,
-                    slot,
-                    started: Instant::now(),
-                    ready: false,
-                });
+                if let Some(g) = &mut self.serving {
+                    g.workers.push(worker);
+                }
             }
             Err(e) => {
                 let backoff = &mut self.backoff[slot];
                 log(format_args!(
-                    "generation {}: cannot start a worker ({e}); trying again in {} s",
-                    g.number,
+                    "generation {number}: cannot start a worker ({e}); trying again in {} s",
                     backoff.as_secs_f64()
                 ));
                 self.restarts.push(Restart {

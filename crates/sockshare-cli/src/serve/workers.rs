@@ -10,7 +10,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
@@ -103,20 +103,29 @@ fn lookup_group(group: &str) -> Result<u32, String> {
 /// What every worker of one serve gets.
 pub struct Plan<'a> {
     pub command: &'a [OsString],
-    pub listeners: &'a [Listener],
+    /// The sockets workers receive whole (all of them, or under `--dispatch` the datagram
+    /// ones).
+    pub listeners: Vec<&'a Listener>,
+    /// Under `--dispatch`: the names of the dispatched listeners, `:`-separated.
+    pub dispatched: Option<String>,
     pub notify_socket: &'a str,
     pub user: Option<&'a Credentials>,
 }
 
-/// Starts one worker of `generation`.
+/// Starts one worker of `generation`; under `--dispatch`, `link` is the worker's end of
+/// its channel, placed right after the listeners.
 ///
 /// # Errors
 ///
 /// The trampoline could not be started (out of processes or memory); a command that
 /// cannot be executed shows as the worker exiting with status 127.
-pub fn spawn(plan: &Plan<'_>, generation: u64) -> io::Result<Child> {
+pub fn spawn(plan: &Plan<'_>, generation: u64, link: Option<&OwnedFd>) -> io::Result<Child> {
     let names: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
-    let fds: Vec<i32> = plan.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    let mut fds: Vec<i32> = plan.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    // Above the range it is placed in, like the listeners (see the pre_exec below).
+    let link = link
+        .map(|l| rustix::io::fcntl_dupfd_cloexec(l, LISTEN_FDS_START + fds.len() as i32 + 1))
+        .transpose()?;
     let mut command = Command::new("/proc/self/exe");
     command
         .arg0("sockshare")
@@ -135,9 +144,17 @@ pub fn spawn(plan: &Plan<'_>, generation: u64) -> io::Result<Child> {
         .env("SOCKSHARE_GENERATION", generation.to_string())
         .env_remove("LISTEN_PID")
         .stdin(Stdio::null());
+    if let (Some(link), Some(names)) = (&link, &plan.dispatched) {
+        let at = LISTEN_FDS_START + fds.len() as i32;
+        command
+            .env(sockshare::dispatch::FD_VAR, at.to_string())
+            .env(sockshare::dispatch::NAMES_VAR, names);
+        fds.push(link.as_raw_fd());
+    }
     // SAFETY: the closure only calls dup2, which is async-signal-safe, on numbers it owns
-    // in the child: every listener sits above LISTEN_FDS_START + n (listeners::open), so
-    // placing one never overwrites another not yet placed. dup2 leaves the copy without
+    // in the child: every listener sits above LISTEN_FDS_START + n (listeners::open), and
+    // the link above LISTEN_FDS_START + n + 1, so placing one never overwrites another
+    // not yet placed. dup2 leaves the copy without
     // FD_CLOEXEC, so it survives the exec.
     unsafe {
         command.pre_exec(move || {
@@ -149,6 +166,7 @@ pub fn spawn(plan: &Plan<'_>, generation: u64) -> io::Result<Child> {
             Ok(())
         });
     }
+    // `link`, serve's copy of the worker's end, closes when this returns.
     command.spawn()
 }
 

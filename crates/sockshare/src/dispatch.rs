@@ -1,0 +1,483 @@
+//! The worker's side of `sockshare serve --dispatch`: one process accepts, workers serve.
+//!
+//! Serve accepts each connection and hands it to one worker with [`duplicate`]: the
+//! socket is in the worker's session from then on, and serve sends the worker the info,
+//! with a sequence number, over a channel the worker inherited. The worker redeems the
+//! info, tells serve it has *taken* that connection (serve then drops its own reference),
+//! and later that it is *done* with one (serve's load count). Serve hands each new
+//! connection to the worker with the fewest connections handed and not done; a worker
+//! with too many not yet taken gets none until it catches up, and the connections a
+//! worker dies without taking go to another worker.
+//!
+//! [`Worker`] does all of that: [`Worker::accept`] returns the next connection, and the
+//! [`Connection`] reports itself done when dropped.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! use std::io::{Read, Write};
+//!
+//! let worker = sockshare::dispatch::Worker::from_env()?;
+//! worker.notify_ready()?; // READY=1 on NOTIFY_SOCKET, as serve waits for
+//! while let Some((mut conn, peer)) = worker.accept_tcp()? {
+//!     let mut request = [0u8; 512];
+//!     let n = conn.read(&mut request)?;
+//!     conn.write_all(format!("{n} bytes from {peer}\n").as_bytes())?;
+//! } // dropped: serve counts it done
+//! // The channel ended: serve wants this worker to finish and exit.
+//! # Ok(()) }
+//! ```
+//!
+//! # The channel, for programs in other languages
+//!
+//! The channel is a `SOCK_SEQPACKET` Unix socket at the descriptor in
+//! `SOCKSHARE_DISPATCH_FD`; `SOCKSHARE_DISPATCH_NAMES` names the dispatched listeners,
+//! `:`-separated, in the order of their indices. All integers are in the machine's byte
+//! order (serve and worker run on one machine).
+//!
+//! - Serve to worker, one record per connection ([`HAND_SIZE`] bytes): `u64` sequence
+//!   number (1, 2, ... per worker), `u32` listener index, `u32` zero, then the 372-byte
+//!   `WSAPROTOCOL_INFOA` to give `WSASocketA` (or [`ProtocolInfo::from_bytes`]).
+//! - Worker to serve ([`REPORT_SIZE`] bytes): `u64` the sequence number just taken (0 for
+//!   none), `u64` how many connections the worker has finished so far.
+//! - The end of the channel (a read of 0 bytes) means: finish what you hold and exit.
+//!
+//! A worker reports a connection taken right after redeeming it, before any I/O on it: a
+//! worker that dies before reporting has done nothing with it, so serve can hand the
+//! connection to another worker without it ever being served twice.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::info::INFO_A_SIZE;
+use crate::{ProtocolInfo, Session};
+
+/// The variable that gives the channel's descriptor.
+pub const FD_VAR: &str = "SOCKSHARE_DISPATCH_FD";
+/// The variable that names the dispatched listeners, `:`-separated.
+pub const NAMES_VAR: &str = "SOCKSHARE_DISPATCH_NAMES";
+/// The size of a record from serve: sequence, listener, zero, `WSAPROTOCOL_INFOA`.
+pub const HAND_SIZE: usize = 16 + INFO_A_SIZE;
+/// The size of a report to serve: taken sequence, done count.
+pub const REPORT_SIZE: usize = 16;
+
+/// One connection handed to a worker, as the channel carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hand {
+    /// 1, 2, ... per worker.
+    pub seq: u64,
+    /// Which dispatched listener the connection came from.
+    pub listener: u32,
+    /// The info, in the A form.
+    pub info: [u8; INFO_A_SIZE],
+}
+
+impl Hand {
+    /// The record's bytes.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; HAND_SIZE] {
+        let mut out = [0u8; HAND_SIZE];
+        out[..8].copy_from_slice(&self.seq.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.listener.to_ne_bytes());
+        out[16..].copy_from_slice(&self.info);
+        out
+    }
+
+    /// A record read from the channel; `None` unless it is exactly [`HAND_SIZE`] bytes.
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Hand> {
+        if bytes.len() != HAND_SIZE {
+            return None;
+        }
+        Some(Hand {
+            seq: u64::from_ne_bytes(bytes[..8].try_into().ok()?),
+            listener: u32::from_ne_bytes(bytes[8..12].try_into().ok()?),
+            info: bytes[16..].try_into().ok()?,
+        })
+    }
+}
+
+/// A worker's report: the sequence it just took (0 for none), and its finished count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The sequence number of the connection just taken, or 0.
+    pub taken: u64,
+    /// Connections finished so far.
+    pub done: u64,
+}
+
+impl Report {
+    /// The report's bytes.
+    #[must_use]
+    pub fn to_bytes(self) -> [u8; REPORT_SIZE] {
+        let mut out = [0u8; REPORT_SIZE];
+        out[..8].copy_from_slice(&self.taken.to_ne_bytes());
+        out[8..].copy_from_slice(&self.done.to_ne_bytes());
+        out
+    }
+
+    /// A report read from the channel; `None` unless it is exactly [`REPORT_SIZE`] bytes.
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Report> {
+        let bytes: &[u8; REPORT_SIZE] = bytes.try_into().ok()?;
+        Some(Report {
+            taken: u64::from_ne_bytes(bytes[..8].try_into().ok()?),
+            done: u64::from_ne_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// What a worker's connections share: the channel, to report on, and the done count.
+#[derive(Debug)]
+struct Shared {
+    channel: OwnedFd,
+    done: AtomicU64,
+}
+
+impl Shared {
+    fn report(&self, taken: u64, done: u64) -> io::Result<()> {
+        let bytes = Report { taken, done }.to_bytes();
+        rustix::net::send(&self.channel, &bytes, rustix::net::SendFlags::NOSIGNAL)?;
+        Ok(())
+    }
+}
+
+/// A worker of `sockshare serve --dispatch`: its session and its channel to serve.
+#[derive(Debug)]
+pub struct Worker {
+    session: Session,
+    shared: Arc<Shared>,
+    names: Vec<String>,
+}
+
+impl Worker {
+    /// The worker serve started this process as: takes the channel named by
+    /// `SOCKSHARE_DISPATCH_FD` (made close-on-exec, the variables removed, so a program
+    /// this one starts does not take it too) and starts the process's session.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when the variable is unset (not started by `serve --dispatch`),
+    /// `InvalidInput` when it names no open socket, or the session's error.
+    pub fn from_env() -> io::Result<Worker> {
+        let raw: i32 = std::env::var(FD_VAR)
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{FD_VAR} is not set: not a worker of `sockshare serve --dispatch`"),
+                )
+            })?
+            .parse()
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{FD_VAR} is not a number"),
+                )
+            })?;
+        let names = std::env::var(NAMES_VAR).unwrap_or_default();
+        // SAFETY: fcntl(F_GETFD) on any int only reads this process's descriptor table.
+        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{FD_VAR}={raw} is not an open descriptor"),
+            ));
+        }
+        // SAFETY: serve passed this descriptor to this process for the worker, which is
+        // the one taking it (the variable is removed below, so nothing takes it twice).
+        let channel = unsafe { OwnedFd::from_raw_fd(raw) };
+        rustix::io::fcntl_setfd(&channel, rustix::io::FdFlags::CLOEXEC)?;
+        if rustix::net::sockopt::socket_type(&channel) != Ok(rustix::net::SocketType::SEQPACKET) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{FD_VAR}={raw} is not a SOCK_SEQPACKET socket"),
+            ));
+        }
+        std::env::remove_var(FD_VAR);
+        std::env::remove_var(NAMES_VAR);
+        let session = Session::new().map_err(io::Error::from)?;
+        Ok(Worker {
+            session,
+            shared: Arc::new(Shared {
+                channel,
+                done: AtomicU64::new(0),
+            }),
+            names: names
+                .split(':')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// Tells serve this worker is ready: [`notify`]`("READY=1")`.
+    ///
+    /// # Errors
+    ///
+    /// `NOTIFY_SOCKET` unset or unusable.
+    pub fn notify_ready(&self) -> io::Result<()> {
+        notify("READY=1")
+    }
+
+    /// The names of the dispatched listeners, by index (`--listen NAME=...`).
+    #[must_use]
+    pub fn listener_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Waits for the next connection and takes it. `Ok(None)` once serve has ended the
+    /// channel: finish the connections in hand and exit. Several threads may call it at
+    /// once; each connection goes to one of them.
+    ///
+    /// # Errors
+    ///
+    /// A damaged record, an info this worker's session refuses, or the channel's error.
+    pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
+        let mut record = [0u8; HAND_SIZE + 1];
+        let n = loop {
+            match rustix::io::read(&self.shared.channel, &mut record) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let hand = Hand::from_bytes(&record[..n]).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a record of {n} bytes from serve"),
+            )
+        })?;
+        let info = ProtocolInfo::from_bytes(&hand.info).map_err(io::Error::from)?;
+        let socket = self.session.redeem(&info).map_err(io::Error::from)?;
+        let kind = socket.kind();
+        let stream = if kind.is_tcp() {
+            Stream::Tcp(TcpStream::from(socket.into_owned_fd()))
+        } else if kind.is_unix() && kind.is_stream() {
+            Stream::Unix(UnixStream::from(socket.into_owned_fd()))
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "serve handed a socket that is neither TCP nor a Unix stream",
+            ));
+        };
+        // Before the caller can do any I/O on it (see the module docs).
+        self.shared
+            .report(hand.seq, self.shared.done.load(Ordering::Relaxed))?;
+        Ok(Some(Connection {
+            stream,
+            listener: hand.listener as usize,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    /// [`accept`](Self::accept) for TCP: the connection and its peer's address. Fails
+    /// with `InvalidData` on a Unix connection (use `accept` when serve dispatches both).
+    ///
+    /// # Errors
+    ///
+    /// As `accept`, and `peer_addr`'s.
+    pub fn accept_tcp(&self) -> io::Result<Option<(Connection<TcpStream>, SocketAddr)>> {
+        let Some(conn) = self.accept()? else {
+            return Ok(None);
+        };
+        let (stream, listener, shared) = conn.into_parts();
+        match stream {
+            Stream::Tcp(tcp) => {
+                let peer = tcp.peer_addr();
+                let conn = Connection {
+                    stream: tcp,
+                    listener,
+                    shared,
+                };
+                Ok(Some((conn, peer?)))
+            }
+            Stream::Unix(unix) => {
+                drop(Connection {
+                    stream: unix,
+                    listener,
+                    shared,
+                });
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a Unix connection, not TCP",
+                ))
+            }
+        }
+    }
+}
+
+impl AsFd for Worker {
+    /// The channel, for a poll loop: readable when a connection (or the end) is waiting.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.channel.as_fd()
+    }
+}
+
+/// Sends `state` (lines of `KEY=VALUE`) to the service manager, as sd_notify(3) does:
+/// one datagram to the Unix socket named by `NOTIFY_SOCKET` (a path, or `@` and an
+/// abstract name). Serve reads `READY=1` and `STATUS=...` from its workers.
+///
+/// # Errors
+///
+/// `NotFound` when `NOTIFY_SOCKET` is unset; the errors of `sendto`.
+pub fn notify(state: &str) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = std::env::var("NOTIFY_SOCKET")
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, "NOTIFY_SOCKET is not set"))?;
+    let addr = match name.strip_prefix('@') {
+        Some(abstract_name) => std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?,
+        None => std::os::unix::net::SocketAddr::from_pathname(&name)?,
+    };
+    std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// A dispatched connection: TCP or Unix stream.
+#[derive(Debug)]
+pub enum Stream {
+    /// From a `tcp:` listener.
+    Tcp(TcpStream),
+    /// From a `unix:` listener.
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// A connection a worker took: use it as the stream it holds (it derefs to it and reads
+/// and writes through it). Dropping it closes the worker's descriptor and tells serve the
+/// worker is done with one connection, which is how serve knows its load.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    listener: usize,
+    shared: Arc<Shared>,
+}
+
+impl<S> Connection<S> {
+    /// The index of the listener it came from (see [`Worker::listener_names`]).
+    #[must_use]
+    pub fn listener(&self) -> usize {
+        self.listener
+    }
+
+    fn into_parts(self) -> (S, usize, Arc<Shared>) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped (ManuallyDrop), so each field is read out once
+        // and owned by the caller alone.
+        unsafe {
+            (
+                std::ptr::read(&this.stream),
+                this.listener,
+                std::ptr::read(&this.shared),
+            )
+        }
+    }
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        let done = self.shared.done.fetch_add(1, Ordering::Relaxed) + 1;
+        // A serve that is gone needs no report; the worker learns of it from `accept`.
+        let _ = self.shared.report(0, done);
+    }
+}
+
+impl<S> Deref for Connection<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S> DerefMut for Connection<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+}
+
+impl<S: Read> Read for Connection<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl<S: Write> Write for Connection<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl<S: AsFd> AsFd for Connection<S> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_wrong_sizes_are_refused() {
+        let hand = Hand {
+            seq: 7,
+            listener: 2,
+            info: [9; INFO_A_SIZE],
+        };
+        assert_eq!(Hand::from_bytes(&hand.to_bytes()), Some(hand));
+        assert_eq!(Hand::from_bytes(&[0; HAND_SIZE - 1]), None);
+        let report = Report { taken: 3, done: 11 };
+        assert_eq!(Report::from_bytes(&report.to_bytes()), Some(report));
+        assert_eq!(Report::from_bytes(&[0; REPORT_SIZE + 1]), None);
+    }
+}
