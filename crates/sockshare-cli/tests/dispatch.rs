@@ -128,6 +128,17 @@ fn parse(line: &str) -> Result<(u32, u64), String> {
     }
 }
 
+/// `n` connections, each with its request sent, answers not read.
+fn requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"hi\n").unwrap();
+            s
+        })
+        .collect()
+}
+
 /// The pids that answered `n` sequential requests, with their counts.
 fn spread(addr: SocketAddr, n: usize) -> HashMap<u32, usize> {
     let mut by_pid = HashMap::new();
@@ -160,18 +171,12 @@ fn a_stalled_worker_gets_at_most_its_queue_and_serves_it_when_resumed() {
     let serve = Serve::start_with(3, &["--dispatch-queue", "2"], &["--answer-delay", "50"]);
     let stalled = ask(serve.addr, Duration::from_secs(10)).unwrap().0;
     signal(stalled, libc::SIGSTOP);
-    let burst: Vec<TcpStream> = (0..40)
-        .map(|_| {
-            let mut s = TcpStream::connect(serve.addr).unwrap();
-            s.write_all(b"hi\n").unwrap();
-            s
-        })
-        .collect();
+    let burst = requests(serve.addr, 40);
     // 40 answers of 50 ms by two workers take about a second: 5 s is plenty for all but
     // those behind the stalled worker.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut waiting = Vec::new();
-    for mut s in burst {
+    for s in burst {
         let left = deadline.saturating_duration_since(Instant::now());
         s.set_read_timeout(Some(left.max(Duration::from_millis(50))))
             .unwrap();
@@ -203,13 +208,7 @@ fn connections_a_killed_worker_never_took_go_to_its_successor() {
     let first = ask(serve.addr, Duration::from_secs(10)).unwrap().0;
     signal(first, libc::SIGSTOP);
     // Handed to the stopped worker (its queue has room for all three), never taken.
-    let clients: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let mut s = TcpStream::connect(serve.addr).unwrap();
-            s.write_all(b"hi\n").unwrap();
-            s
-        })
-        .collect();
+    let clients = requests(serve.addr, 3);
     std::thread::sleep(Duration::from_millis(300));
     signal(first, libc::SIGKILL);
     for mut s in clients {
