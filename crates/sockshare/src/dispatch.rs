@@ -243,13 +243,19 @@ impl Worker {
                 other => break other?,
             }
         };
-        if n == 0 {
+        self.take(&record[..n])
+    }
+
+    /// Takes the connection a record read from the channel hands over (`None` for the
+    /// channel's end), and reports it taken.
+    fn take(&self, record: &[u8]) -> io::Result<Option<Connection<Stream>>> {
+        if record.is_empty() {
             return Ok(None);
         }
-        let hand = Hand::from_bytes(&record[..n]).ok_or_else(|| {
+        let hand = Hand::from_bytes(record).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("a record of {n} bytes from serve"),
+                format!("a record of {} bytes from serve", record.len()),
             )
         })?;
         let info = ProtocolInfo::from_bytes(&hand.info).map_err(io::Error::from)?;
@@ -462,6 +468,184 @@ impl<S: AsFd> AsFd for Connection<S> {
         self.stream.as_fd()
     }
 }
+
+/// The tokio side: a worker whose `accept` is a future, and connections that are tokio
+/// streams.
+#[cfg(feature = "tokio")]
+mod tokio_worker {
+    use super::{Connection, Shared, Worker, HAND_SIZE};
+    use std::io;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// The channel as tokio's reactor sees it; the descriptor stays owned by `Shared`.
+    struct Channel(Arc<Shared>);
+
+    impl AsRawFd for Channel {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.channel.as_raw_fd()
+        }
+    }
+
+    /// A dispatched connection as a tokio stream.
+    #[derive(Debug)]
+    pub enum AsyncStream {
+        /// From a `tcp:` listener.
+        Tcp(tokio::net::TcpStream),
+        /// From a `unix:` listener.
+        Unix(tokio::net::UnixStream),
+    }
+
+    /// [`Worker`] for tokio: [`AsyncWorker::accept`] waits without blocking a thread.
+    pub struct AsyncWorker {
+        worker: Worker,
+        channel: AsyncFd<Channel>,
+    }
+
+    impl Worker {
+        /// The same worker for tokio. Call it inside a runtime.
+        ///
+        /// # Errors
+        ///
+        /// Registering the channel with tokio's reactor failed.
+        pub fn into_async(self) -> io::Result<AsyncWorker> {
+            rustix::io::ioctl_fionbio(&self.shared.channel, true)?;
+            // SAFETY: the channel's descriptor is owned by `Shared`, which the Arc inside
+            // `Channel` keeps alive, unchanged and open for as long as the AsyncFd lives
+            // (the worker's connections hold the Arc too, and nothing closes it early).
+            let channel = unsafe {
+                AsyncFd::register_with_interest(
+                    Channel(self.shared.clone()),
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(io::Error::from)?;
+            Ok(AsyncWorker {
+                worker: self,
+                channel,
+            })
+        }
+    }
+
+    impl AsyncWorker {
+        /// Waits for the next connection and takes it; `Ok(None)` once serve has ended the
+        /// channel. As [`Worker::accept`], with a tokio stream.
+        ///
+        /// # Errors
+        ///
+        /// As [`Worker::accept`].
+        pub async fn accept(&self) -> io::Result<Option<Connection<AsyncStream>>> {
+            let mut record = [0u8; HAND_SIZE + 1];
+            let n = loop {
+                let mut ready = self.channel.readable().await?;
+                match ready.try_io(|c| Ok(rustix::io::read(&c.get_ref().0.channel, &mut record)?)) {
+                    Ok(result) => break result?,
+                    Err(_would_block) => continue,
+                }
+            };
+            let Some(conn) = self.worker.take(&record[..n])? else {
+                return Ok(None);
+            };
+            let (stream, listener, shared) = conn.into_parts();
+            let stream = match stream {
+                super::Stream::Tcp(s) => {
+                    s.set_nonblocking(true)?;
+                    AsyncStream::Tcp(tokio::net::TcpStream::from_std(s)?)
+                }
+                super::Stream::Unix(s) => {
+                    s.set_nonblocking(true)?;
+                    AsyncStream::Unix(tokio::net::UnixStream::from_std(s)?)
+                }
+            };
+            Ok(Some(Connection {
+                stream,
+                listener,
+                shared,
+            }))
+        }
+
+        /// The worker's listener names and readiness call.
+        #[must_use]
+        pub fn worker(&self) -> &Worker {
+            &self.worker
+        }
+    }
+
+    impl AsyncRead for AsyncStream {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.get_mut() {
+                AsyncStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                AsyncStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            }
+        }
+    }
+
+    impl AsyncWrite for AsyncStream {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.get_mut() {
+                AsyncStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+                AsyncStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.get_mut() {
+                AsyncStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+                AsyncStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            }
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.get_mut() {
+                AsyncStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+                AsyncStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            }
+        }
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Connection<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Connection<S> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+pub use tokio_worker::{AsyncStream, AsyncWorker};
 
 #[cfg(test)]
 mod tests {

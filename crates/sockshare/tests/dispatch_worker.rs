@@ -1,0 +1,123 @@
+//! `sockshare::dispatch::Worker` against this test playing serve's part of the channel
+//! protocol with real sockets: records in, reports out, the end of the channel. (Serve
+//! itself, with real worker processes, is tested in crates/sockshare-cli.)
+
+#![cfg(target_os = "linux")]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use sockshare::dispatch::{Hand, Report, Worker, FD_VAR, HAND_SIZE, NAMES_VAR, REPORT_SIZE};
+
+/// Serve's end of a worker's channel, with the worker made from the other end through the
+/// environment, as a worker process would be.
+fn worker() -> (Worker, UnixDatagram) {
+    // The tests of this file run on parallel threads; the variables are process-wide.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    std::env::set_var(FD_VAR, theirs.as_raw_fd().to_string());
+    std::env::set_var(NAMES_VAR, "web:admin");
+    // from_env owns the descriptor from here.
+    std::mem::forget(theirs);
+    let worker = Worker::from_env().unwrap();
+    assert!(
+        std::env::var_os(FD_VAR).is_none(),
+        "the variable stays for children"
+    );
+    // SOCK_SEQPACKET records read and write like datagrams on a connected socket.
+    (worker, UnixDatagram::from(ours))
+}
+
+/// A TCP connection handed the way serve hands it: duplicated for this process, the
+/// record sent. Returns the client's end.
+fn hand(serve: &UnixDatagram, seq: u64, listener: &TcpListener) -> TcpStream {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let info = sockshare::duplicate(&conn, std::process::id()).unwrap();
+    let record = Hand {
+        seq,
+        listener: 1,
+        info: info.to_bytes_a(),
+    };
+    serve.send(&record.to_bytes()).unwrap();
+    client
+}
+
+fn report(serve: &UnixDatagram) -> Report {
+    let mut bytes = [0u8; REPORT_SIZE + 1];
+    let n = serve.recv(&mut bytes).unwrap();
+    Report::from_bytes(&bytes[..n]).expect("a report of the wrong size")
+}
+
+#[test]
+fn a_worker_takes_reports_and_stops_at_the_end_of_the_channel() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (worker, serve) = worker();
+    assert_eq!(worker.listener_names(), ["web", "admin"]);
+
+    let mut client = hand(&serve, 7, &listener);
+    let mut conn = worker.accept().unwrap().expect("a connection");
+    assert_eq!(conn.listener(), 1);
+    // Taken is reported before the worker could do anything with it.
+    assert_eq!(report(&serve), Report { taken: 7, done: 0 });
+    conn.write_all(b"pong").unwrap();
+    drop(conn);
+    assert_eq!(report(&serve), Report { taken: 0, done: 1 });
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"pong");
+
+    // accept_tcp gives the peer too.
+    let client = hand(&serve, 8, &listener);
+    let (conn, peer) = worker.accept_tcp().unwrap().expect("a connection");
+    assert_eq!(peer, client.local_addr().unwrap());
+    assert_eq!(report(&serve).taken, 8);
+    drop(conn);
+    assert_eq!(report(&serve).done, 2);
+
+    // A record of the wrong size is refused, not taken for a connection.
+    serve.send(&[0u8; HAND_SIZE - 1]).unwrap();
+    let err = worker.accept().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+
+    rustix::net::shutdown(&serve, rustix::net::Shutdown::Write).unwrap();
+    assert!(worker.accept().unwrap().is_none());
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn the_tokio_worker_takes_connections_as_tokio_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (worker, serve) = worker();
+        let worker = worker.into_async().unwrap();
+        let mut client = hand(&serve, 1, &listener);
+        client.write_all(b"ping").unwrap();
+        let mut conn = worker.accept().await.unwrap().expect("a connection");
+        assert_eq!(report(&serve), Report { taken: 1, done: 0 });
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        conn.write_all(b"pong").await.unwrap();
+        drop(conn);
+        assert_eq!(report(&serve), Report { taken: 0, done: 1 });
+        rustix::net::shutdown(&serve, rustix::net::Shutdown::Write).unwrap();
+        assert!(worker.accept().await.unwrap().is_none());
+    });
+}
