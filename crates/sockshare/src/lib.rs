@@ -48,6 +48,7 @@ mod channel;
 pub mod dispatch;
 mod error;
 pub mod info;
+mod options;
 mod os;
 mod session;
 mod socket;
@@ -65,8 +66,8 @@ pub mod fuzzing {
 pub use channel::Channel;
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};
+pub use options::{Policy, DEFAULT_CAPACITY};
 pub use session::{
-    current_pid, disconnect_all, duplicate, duplicate_many, probe_target, Policy, Session,
-    SessionBuilder, DEFAULT_CAPACITY,
+    current_pid, disconnect_all, duplicate, duplicate_many, probe_target, Session, SessionBuilder,
 };
 pub use socket::{KindMismatch, SharedSocket};

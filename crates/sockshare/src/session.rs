@@ -2,70 +2,13 @@
 
 use crate::error::Result;
 use crate::info::ProtocolInfo;
+use crate::options::{Policy, SessionOptions};
 use crate::os::{self, AsSock};
 use crate::socket::SharedSocket;
 use crate::sys;
 
-/// Which processes may push sockets to a session.
-///
-/// The default, [`Policy::SameUser`], is Windows' rule for `PROCESS_DUP_HANDLE`: a source
-/// running as the target's user, or as root. A refused source gets
-/// [`ErrorKind::Invalid`](crate::ErrorKind::Invalid) from [`duplicate`]; anything it sent
-/// is closed.
-///
-/// On Windows the operating system decides instead: `WSADuplicateSocketW` opens the target
-/// with `PROCESS_DUP_HANDLE`, which the target's security descriptor grants or refuses
-/// (`WSAEINVAL`); a session's policy cannot widen that and is not consulted.
-///
-/// ```
-/// use sockshare::Policy;
-/// assert!(Policy::SameUser.allows(1000, 1000));
-/// assert!(Policy::SameUser.allows(0, 1000)); // root
-/// assert!(!Policy::SameUser.allows(1001, 1000));
-/// assert!(Policy::AllowUids(vec![1001]).allows(1001, 1000));
-/// assert!(Policy::AnyUser.allows(65534, 1000));
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Policy {
-    /// Sources running as the target's effective uid, or as root.
-    #[default]
-    SameUser,
-    /// As `SameUser`, and also sources running as any of these uids.
-    AllowUids(Vec<u32>),
-    /// Any local process that can reach the session.
-    AnyUser,
-}
-
-impl Policy {
-    /// Whether a source running as `source_uid` may push to a target running as
-    /// `target_uid`.
-    pub fn allows(&self, source_uid: u32, target_uid: u32) -> bool {
-        let same = source_uid == target_uid || source_uid == 0;
-        match self {
-            Policy::SameUser => same,
-            Policy::AllowUids(uids) => same || uids.contains(&source_uid),
-            Policy::AnyUser => true,
-        }
-    }
-}
-
-/// The resolved settings of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SessionOptions {
-    pub(crate) policy: Policy,
-    /// `None`: the default, which the backend sizes when the session starts.
-    pub(crate) capacity: Option<usize>,
-}
-
-/// How many unredeemed sockets a session holds by default before sources get
-/// `WSAENOBUFS`. Each holds one descriptor of the target process, so on Linux the default
-/// is also at most half the soft `RLIMIT_NOFILE` at the time the session starts: pending
-/// sockets then never take the descriptors the process needs to redeem them.
-pub const DEFAULT_CAPACITY: usize = 4096;
-
 /// Checks that an info made for `target_pid` is redeemed by that process (`me`).
-pub(crate) fn check_made_for(target_pid: u32, me: u32) -> Result<()> {
+fn check_made_for(target_pid: u32, me: u32) -> Result<()> {
     if target_pid != me {
         return Err(crate::Error::new(
             crate::ErrorKind::Invalid,
@@ -75,30 +18,6 @@ pub(crate) fn check_made_for(target_pid: u32, me: u32) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-impl SessionOptions {
-    /// Checks that a session with these settings may be joined by a request for
-    /// `requested` ones (`None`: whatever runs).
-    pub(crate) fn check_join(&self, requested: Option<&SessionOptions>) -> Result<()> {
-        if requested.is_some_and(|o| o != self) {
-            return Err(crate::Error::new(
-                crate::ErrorKind::Invalid,
-                "a session with other options is already active in this process: \
-                 join it with Session::new() or end it first",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for SessionOptions {
-    fn default() -> SessionOptions {
-        SessionOptions {
-            policy: Policy::SameUser,
-            capacity: None,
-        }
-    }
 }
 
 /// Settings for a [`Session`] that differ from the defaults.
@@ -126,7 +45,7 @@ impl SessionBuilder {
     }
 
     /// How many unredeemed sockets the session holds before sources get `WSAENOBUFS`
-    /// (default [`DEFAULT_CAPACITY`], bounded by the descriptor limit; at least 1). A few
+    /// (default [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY), bounded by the descriptor limit; at least 1). A few
     /// hundred more can wait in the kernel's queue beyond it. A capacity set here is kept
     /// whatever the descriptor limit: size `RLIMIT_NOFILE` for it.
     pub fn capacity(mut self, capacity: usize) -> SessionBuilder {
@@ -180,7 +99,10 @@ pub struct Session {
 impl Session {
     /// Starts (or joins) this process's session with the default settings.
     ///
-    /// Fails with `WSASYSNOTREADY` when the session endpoint cannot be created.
+    /// # Errors
+    ///
+    /// `WSASYSNOTREADY` when the session endpoint cannot be created.
+    #[doc(alias = "WSAStartup")]
     pub fn new() -> Result<Session> {
         Ok(Session {
             inner: sys::Session::start(None)?,
@@ -193,17 +115,20 @@ impl Session {
     }
 
     /// The id of this process: what a source passes to [`duplicate`].
+    #[must_use]
     pub fn pid(&self) -> u32 {
         self.inner.pid()
     }
 
     /// The session's capacity of unredeemed sockets: the one set with
     /// [`SessionBuilder::capacity`], or the default as sized when the session started.
+    #[must_use]
     pub fn capacity(&self) -> usize {
         self.inner.capacity()
     }
 
     /// The session's policy.
+    #[must_use]
     pub fn policy(&self) -> &Policy {
         &self.inner.options().policy
     }
@@ -211,6 +136,7 @@ impl Session {
     /// How many pushed sockets wait in the session's table (sockets still in the kernel's
     /// queue are not counted). Always 0 on Windows, where the system duplicates the handle
     /// straight into this process and no table exists.
+    #[must_use]
     pub fn pending(&self) -> usize {
         self.inner.pending()
     }
@@ -220,12 +146,17 @@ impl Session {
     /// for. The descriptor is close-on-exec (on Windows: not inheritable, and created with
     /// `WSA_FLAG_OVERLAPPED`, so it works with IOCP and tokio).
     ///
-    /// Errors: `WSAEINVAL` for an info that is used, forged, altered, made for another
-    /// process, or whose session ended (no descriptor is created); `WSAEMFILE` when this
-    /// process is out of descriptors (the info stays valid: redeem it again once
-    /// descriptors are free); `WSANOTINITIALISED` in a forked child holding its parent's
-    /// session.
+    /// # Errors
+    ///
+    /// `WSAEINVAL` for an info that is used, forged, altered, made for another process, or
+    /// whose session ended (no descriptor is created); `WSAEMFILE` when this process is
+    /// out of descriptors (the info stays valid: redeem it again once descriptors are
+    /// free); `WSANOTINITIALISED` in a forked child holding its parent's session.
+    #[doc(alias = "WSASocket", alias = "WSASocketW", alias = "WSASocketA")]
+    #[doc(alias = "FROM_PROTOCOL_INFO")]
     pub fn redeem(&self, info: &ProtocolInfo) -> Result<SharedSocket> {
+        // The calling process, not the session's: in a forked child they differ.
+        check_made_for(info.target_pid(), sys::current_pid())?;
         let fd = self.inner.redeem(info)?;
         Ok(SharedSocket::new(fd, info.kind()))
     }
@@ -254,7 +185,9 @@ impl std::fmt::Debug for Session {
 /// Windows (std's, socket2's and tokio's sockets, or a `SharedSocket`). On Windows this is
 /// the native `WSADuplicateSocketW`.
 ///
-/// Errors, checked in Windows' order: `WSAENOTSOCK` when `socket` is not an open socket;
+/// # Errors
+///
+/// Checked in Windows' order: `WSAENOTSOCK` when `socket` is not an open socket;
 /// `WSAEINVAL` when `target_pid` does not exist, is in another pid or network namespace,
 /// or refuses this process (its session's policy; without a session, the default rule:
 /// its user, or root); `WSAENOBUFS` when the target's
@@ -267,6 +200,8 @@ impl std::fmt::Debug for Session {
 /// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
 /// # Ok(()) }
 /// ```
+#[doc(alias = "WSADuplicateSocket", alias = "WSADuplicateSocketW")]
+#[doc(alias = "WSADuplicateSocketA")]
 pub fn duplicate(socket: impl AsSock, target_pid: u32) -> Result<ProtocolInfo> {
     sys::duplicate(os::borrow(&socket), target_pid)
 }
@@ -275,8 +210,12 @@ pub fn duplicate(socket: impl AsSock, target_pid: u32) -> Result<ProtocolInfo> {
 ///
 /// The sockets travel up to 253 per kernel message (the most `SCM_RIGHTS` carries), so
 /// a batch costs far less per socket than one `duplicate` each. Each message is
-/// all-or-nothing. Errors are those of [`duplicate`]; `WSAENOTSOCK` is checked for every
-/// socket before anything is sent. If an error happens after some messages were
+/// all-or-nothing.
+///
+/// # Errors
+///
+/// Those of [`duplicate`]; `WSAENOTSOCK` is checked for every socket before anything is
+/// sent. If an error happens after some messages were
 /// delivered (more than 253 sockets), their infos are not returned and those sockets
 /// stay pending in the target until its session ends.
 ///
@@ -303,6 +242,7 @@ pub fn duplicate_many<S: AsSock>(sockets: &[S], target_pid: u32) -> Result<Vec<P
 }
 
 /// The id of the calling process, as [`duplicate`] expects it.
+#[doc(alias = "GetCurrentProcessId")]
 pub fn current_pid() -> u32 {
     sys::current_pid()
 }
@@ -321,7 +261,10 @@ pub fn disconnect_all() {
 
 /// Checks, without sharing anything, that [`duplicate`] could reach `target_pid`: the
 /// process exists, and its session's policy admits this process (or, without a session,
-/// this process runs as its user or as root). Fails with
+/// this process runs as its user or as root).
+///
+/// # Errors
+///
 /// `WSAEINVAL` where `duplicate` would. The C interface uses it to report a bad pid before
 /// a NULL info pointer, in Windows' order, without leaving a socket pending in the target.
 ///

@@ -77,7 +77,7 @@ use super::batch::{self, set_peek_off, Batch, Meta};
 use super::{lock, os_error};
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ProtocolInfo, SocketKind};
-use crate::session::Policy;
+use crate::options::Policy;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SSHC");
 /// Version 1 records carried an info made by the sender, and the announcements of the

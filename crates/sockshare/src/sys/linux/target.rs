@@ -35,7 +35,7 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::ProtocolInfo;
-use crate::session::{Policy, SessionOptions, DEFAULT_CAPACITY};
+use crate::options::{Policy, SessionOptions, DEFAULT_CAPACITY};
 
 /// How often a session out of descriptors retries receiving.
 const RETRY: Duration = Duration::from_millis(20);
@@ -228,9 +228,6 @@ impl Session {
 
     pub(crate) fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd> {
         let ep = &*self.endpoint;
-        // The calling process, not the session's: in a forked child they differ.
-        let me = super::current_pid();
-        crate::session::check_made_for(info.target_pid(), me)?;
         let token = info.token();
         let kind = wire::pack_kind(info.kind()).ok_or_else(nothing_pending)?;
         let mut inner = lock(&ep.inner);

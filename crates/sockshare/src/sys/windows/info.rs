@@ -95,6 +95,7 @@ fn name_string(units: impl Iterator<Item = u16>) -> String {
 /// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
 /// assert!(ProtocolInfo::from_bytes(b"short").is_err());
 /// ```
+#[doc(alias = "WSAPROTOCOL_INFOW", alias = "WSAPROTOCOL_INFOA")]
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProtocolInfo {
     /// The W form as the provider wrote it, `szProtocol` zeroed after the name's NUL.
@@ -190,12 +191,14 @@ impl ProtocolInfo {
 
     /// The info in the `WSAPROTOCOL_INFOW` layout (628 bytes, UTF-16 `szProtocol`): the
     /// native info with sockshare's envelope after the name.
+    #[must_use]
     pub fn to_bytes_w(&self) -> [u8; INFO_W_SIZE] {
         self.w_form(self.compute_crc())
     }
 
     /// The info in the `WSAPROTOCOL_INFOA` layout (372 bytes, 8-bit `szProtocol`; a
     /// character outside ASCII becomes `?`, and such an info does not parse back).
+    #[must_use]
     pub fn to_bytes_a(&self) -> [u8; INFO_A_SIZE] {
         let mut b = [0u8; INFO_A_SIZE];
         b[..offset::SZ_PROTOCOL].copy_from_slice(&self.native[..offset::SZ_PROTOCOL]);
@@ -237,6 +240,7 @@ impl ProtocolInfo {
     /// (without sockshare's envelope; `szProtocol` zero after the name), which is what
     /// `WSASocketW(FROM_PROTOCOL_INFO)` receives. Windows only.
     #[cfg(windows)]
+    #[must_use]
     pub fn native_w(&self) -> &[u8; INFO_W_SIZE] {
         &self.native
     }
@@ -244,6 +248,7 @@ impl ProtocolInfo {
     /// `ProviderId`: the GUID of the Windows provider that made the info, in memory
     /// order. Windows only.
     #[cfg(windows)]
+    #[must_use]
     pub fn provider_id(&self) -> [u8; 16] {
         let mut id = [0u8; 16];
         id.copy_from_slice(&self.native[offset::PROVIDER_ID..offset::PROVIDER_ID + 16]);
@@ -257,56 +262,67 @@ impl ProtocolInfo {
 
     /// The process the info was made for (the `dwProcessId` given to
     /// `WSADuplicateSocketW`, kept in sockshare's envelope).
+    #[must_use]
     pub fn target_pid(&self) -> u32 {
         self.target_pid
     }
 
     /// Family, type and protocol of the shared socket.
+    #[must_use]
     pub fn kind(&self) -> SocketKind {
         SocketKind::new(self.address_family(), self.socket_type(), self.protocol())
     }
 
     /// `iAddressFamily`.
+    #[must_use]
     pub fn address_family(&self) -> i32 {
         get_i32(&self.native, offset::ADDRESS_FAMILY)
     }
 
     /// `iSocketType`.
+    #[must_use]
     pub fn socket_type(&self) -> i32 {
         get_i32(&self.native, offset::SOCKET_TYPE)
     }
 
     /// `iProtocol`.
+    #[must_use]
     pub fn protocol(&self) -> i32 {
         get_i32(&self.native, offset::PROTOCOL)
     }
 
     /// `dwServiceFlags1`: the `XP1_*` flags.
+    #[must_use]
     pub fn service_flags(&self) -> u32 {
         get_u32(&self.native, offset::SERVICE_FLAGS1)
     }
 
     /// `dwProviderFlags`: the `PFL_*` flags.
+    #[must_use]
     pub fn provider_flags(&self) -> u32 {
         get_u32(&self.native, offset::PROVIDER_FLAGS)
     }
 
     /// `dwCatalogEntryId`.
+    #[must_use]
     pub fn catalog_entry_id(&self) -> u32 {
         get_u32(&self.native, offset::CATALOG_ENTRY_ID)
     }
 
     /// `ProtocolChain.ChainLen`.
+    #[must_use]
     pub fn chain_len(&self) -> i32 {
         get_i32(&self.native, offset::PROTOCOL_CHAIN)
     }
 
     /// `iVersion`.
+    #[must_use]
     pub fn version(&self) -> i32 {
         get_i32(&self.native, offset::VERSION)
     }
 
     /// `iMinSockAddr` and `iMaxSockAddr`.
+    #[must_use]
     pub fn sockaddr_range(&self) -> (i32, i32) {
         (
             get_i32(&self.native, offset::MIN_SOCKADDR),
@@ -315,11 +331,13 @@ impl ProtocolInfo {
     }
 
     /// `dwMessageSize`.
+    #[must_use]
     pub fn message_size(&self) -> u32 {
         get_u32(&self.native, offset::MESSAGE_SIZE)
     }
 
     /// `szProtocol`: the provider's name for the protocol.
+    #[must_use]
     pub fn protocol_name(&self) -> &str {
         &self.name
     }

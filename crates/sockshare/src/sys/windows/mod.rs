@@ -47,7 +47,7 @@ use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::info::{SocketKind, INFO_W_SIZE};
-use crate::session::SessionOptions;
+use crate::options::SessionOptions;
 
 /// The id of the calling process.
 pub(crate) fn current_pid() -> u32 {
@@ -267,14 +267,12 @@ impl Session {
     pub(crate) fn capacity(&self) -> usize {
         self.options
             .capacity
-            .unwrap_or(crate::session::DEFAULT_CAPACITY)
+            .unwrap_or(crate::options::DEFAULT_CAPACITY)
     }
 
     /// `WSASocketW(FROM_PROTOCOL_INFO, ..., WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)`
     /// after sockshare's checks of target and single use.
     pub(crate) fn redeem(&self, info: &crate::info::ProtocolInfo) -> Result<OwnedSocket> {
-        let me = current_pid();
-        crate::session::check_made_for(info.target_pid(), me)?;
         // Held across WSASocketW, so two threads cannot both redeem one info.
         let mut redeemed = REDEEMED.lock().unwrap_or_else(|e| e.into_inner());
         let redeemed = redeemed.get_or_insert_with(HashSet::new);
