@@ -159,21 +159,25 @@ impl Error {
     }
 
     /// The Winsock kind of the error.
+    #[must_use]
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
     /// The Winsock error number (`WSAGetLastError`).
+    #[must_use]
     pub fn code(&self) -> i32 {
         self.kind.code()
     }
 
     /// The message, without the kind.
+    #[must_use]
     pub fn message(&self) -> &str {
         &self.message
     }
 
     /// The operating-system error behind this one, if any.
+    #[must_use]
     pub fn os_error(&self) -> Option<&io::Error> {
         self.source.as_ref()
     }

@@ -216,56 +216,67 @@ impl SocketKind {
     }
 
     /// The address family (`AF_INET`, `AF_INET6`, `AF_UNIX`, ...).
+    #[must_use]
     pub fn family(&self) -> i32 {
         self.family
     }
 
     /// The socket type (`SOCK_STREAM`, `SOCK_DGRAM`, ...).
+    #[must_use]
     pub fn socket_type(&self) -> i32 {
         self.ty
     }
 
     /// The protocol (`IPPROTO_TCP`, `IPPROTO_UDP`, 0 for Unix-domain sockets).
+    #[must_use]
     pub fn protocol(&self) -> i32 {
         self.protocol
     }
 
     /// The family as a socket2 [`Domain`](socket2::Domain).
+    #[must_use]
     pub fn domain(&self) -> socket2::Domain {
         socket2::Domain::from(self.family)
     }
 
     /// The type as a socket2 [`Type`](socket2::Type).
+    #[must_use]
     pub fn ty(&self) -> socket2::Type {
         socket2::Type::from(self.ty)
     }
 
     /// An IPv4 or IPv6 socket.
+    #[must_use]
     pub fn is_inet(&self) -> bool {
         self.family == af_inet() || self.family == af_inet6()
     }
 
     /// A Unix-domain socket.
+    #[must_use]
     pub fn is_unix(&self) -> bool {
         self.family == af_unix()
     }
 
     /// A TCP socket (IPv4 or IPv6).
+    #[must_use]
     pub fn is_tcp(&self) -> bool {
         self.is_inet() && self.ty == sock_stream()
     }
 
     /// A UDP socket (IPv4 or IPv6).
+    #[must_use]
     pub fn is_udp(&self) -> bool {
         self.is_inet() && self.ty == sock_dgram()
     }
 
     /// Whether the type is `SOCK_STREAM`.
+    #[must_use]
     pub fn is_stream(&self) -> bool {
         self.ty == sock_stream()
     }
 
     /// Whether the type is `SOCK_DGRAM`.
+    #[must_use]
     pub fn is_datagram(&self) -> bool {
         self.ty == sock_dgram()
     }
@@ -340,6 +351,7 @@ impl SocketKind {
 /// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
 /// assert!(ProtocolInfo::from_bytes(b"short").is_err());
 /// ```
+#[doc(alias = "WSAPROTOCOL_INFOW", alias = "WSAPROTOCOL_INFOA")]
 #[cfg(not(windows))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolInfo {
@@ -520,6 +532,8 @@ impl ProtocolInfo {
     }
 
     /// The info in the `WSAPROTOCOL_INFOW` layout (628 bytes, UTF-16 `szProtocol`).
+    #[must_use]
+    #[doc(alias = "WSAPROTOCOL_INFOW")]
     pub fn to_bytes_w(&self) -> [u8; INFO_W_SIZE] {
         let mut b = [0u8; INFO_W_SIZE];
         self.write_fixed(&mut b);
@@ -531,6 +545,8 @@ impl ProtocolInfo {
     }
 
     /// The info in the `WSAPROTOCOL_INFOA` layout (372 bytes, 8-bit `szProtocol`).
+    #[must_use]
+    #[doc(alias = "WSAPROTOCOL_INFOA")]
     pub fn to_bytes_a(&self) -> [u8; INFO_A_SIZE] {
         let mut b = [0u8; INFO_A_SIZE];
         self.write_fixed(&mut b);
@@ -578,66 +594,79 @@ impl ProtocolInfo {
     }
 
     /// The process the info was made for (`dwServiceFlags2`).
+    #[must_use]
     pub fn target_pid(&self) -> u32 {
         self.target_pid
     }
 
     /// Family, type and protocol of the shared socket.
+    #[must_use]
     pub fn kind(&self) -> SocketKind {
         self.kind
     }
 
     /// `iAddressFamily`.
+    #[must_use]
     pub fn address_family(&self) -> i32 {
         self.kind.family
     }
 
     /// `iSocketType`.
+    #[must_use]
     pub fn socket_type(&self) -> i32 {
         self.kind.ty
     }
 
     /// `iProtocol`.
+    #[must_use]
     pub fn protocol(&self) -> i32 {
         self.kind.protocol
     }
 
     /// `dwServiceFlags1`: the `XP1_*` flags.
+    #[must_use]
     pub fn service_flags(&self) -> u32 {
         self.service_flags1
     }
 
     /// `dwProviderFlags`: the `PFL_*` flags.
+    #[must_use]
     pub fn provider_flags(&self) -> u32 {
         self.provider_flags
     }
 
     /// `dwCatalogEntryId`.
+    #[must_use]
     pub fn catalog_entry_id(&self) -> u32 {
         self.catalog_entry_id
     }
 
     /// `ProtocolChain.ChainLen`.
+    #[must_use]
     pub fn chain_len(&self) -> i32 {
         self.chain_len
     }
 
     /// `iVersion`.
+    #[must_use]
     pub fn version(&self) -> i32 {
         self.version
     }
 
     /// `iMinSockAddr` and `iMaxSockAddr`.
+    #[must_use]
     pub fn sockaddr_range(&self) -> (i32, i32) {
         (self.min_sockaddr, self.max_sockaddr)
     }
 
     /// `dwMessageSize`.
+    #[must_use]
     pub fn message_size(&self) -> u32 {
         self.message_size
     }
 
     /// `szProtocol`: the provider's name for the protocol.
+    #[must_use]
     pub fn protocol_name(&self) -> &str {
         &self.name
     }

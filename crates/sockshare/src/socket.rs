@@ -43,6 +43,7 @@ impl SharedSocket {
     }
 
     /// Family, type and protocol of the socket.
+    #[must_use]
     pub fn kind(&self) -> SocketKind {
         self.kind
     }
@@ -137,6 +138,7 @@ impl KindMismatch {
     }
 
     /// The type that was asked for.
+    #[must_use]
     pub fn wanted(&self) -> &'static str {
         self.wanted
     }
