@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use ws2_32::types::{CONSTANTS, LAYOUTS};
 
+mod linking;
+use linking::{lib_dir, link_shared};
+
 type TestResult = Result<(), String>;
 
 /// A test: its name and its body.
@@ -95,19 +98,6 @@ fn include_dir() -> PathBuf {
     crate_dir().join("include")
 }
 
-/// Where cargo put `libws2_32.so` and `.a` for this test binary (it builds the library,
-/// with every crate type, before the tests).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let deps = exe.parent().expect("deps directory");
-    let found = [deps, deps.parent().unwrap_or(deps)]
-        .into_iter()
-        .find(|d| d.join("libws2_32.so").exists())
-        .unwrap_or_else(|| panic!("libws2_32.so not found beside {}", exe.display()))
-        .to_path_buf();
-    found
-}
-
 fn out_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ws2_32-c");
     std::fs::create_dir_all(&dir).expect("creating the output directory");
@@ -134,7 +124,6 @@ const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread"
 /// an rpath, or the static archive).
 fn build_c(name: &str, sources: &[PathBuf], link_static: bool) -> Result<PathBuf, String> {
     let exe = out_dir().join(name);
-    let lib = lib_dir();
     let mut cmd = Command::new("cc");
     cmd.args(C_FLAGS)
         .arg("-I")
@@ -144,15 +133,10 @@ fn build_c(name: &str, sources: &[PathBuf], link_static: bool) -> Result<PathBuf
         .arg(&exe);
     if link_static {
         // Rust's standard library needs these beside the archive.
-        cmd.arg(lib.join("libws2_32.a"))
+        cmd.arg(lib_dir().join("libws2_32.a"))
             .args(["-lpthread", "-ldl", "-lm", "-lrt"]);
     } else {
-        // DT_RPATH, not RUNPATH: `cargo test` puts target/debug first in
-        // LD_LIBRARY_PATH, which outranks a RUNPATH, and a `libws2_32.so` a `cargo build`
-        // left there would be tested instead of this build's.
-        cmd.arg(format!("-L{}", lib.display()))
-            .arg(format!("-Wl,-rpath,{},--disable-new-dtags", lib.display()))
-            .arg("-lws2_32");
+        link_shared(&mut cmd);
     }
     run_compiler(cmd)?;
     Ok(exe)

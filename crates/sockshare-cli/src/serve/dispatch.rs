@@ -35,6 +35,9 @@ pub struct Link {
     done: u64,
     /// Set once serve has ended the channel: nothing more is handed.
     closed: bool,
+    /// Set once the worker's end is closed (a read of 0 bytes) while the worker may still
+    /// run: nothing more is handed, nor read.
+    hung_up: bool,
 }
 
 impl Link {
@@ -58,6 +61,7 @@ impl Link {
             handed: 0,
             done: 0,
             closed: false,
+            hung_up: false,
         };
         Ok((link, theirs))
     }
@@ -78,6 +82,10 @@ impl Link {
                 Err(_) => return,
             };
             if n == 0 {
+                // The worker closed its end (or sent an empty record, which no worker
+                // does). The channel now polls readable for good: watching it would spin
+                // serve's loop until the worker is reaped.
+                self.hung_up = true;
                 return;
             }
             // A damaged report is the worker's loss: it is ignored, as any stranger's.
@@ -95,6 +103,13 @@ impl Link {
             }
             self.done = self.done.max(report.done);
         }
+    }
+
+    /// Whether the loop should wait for reports on it: not once the worker's end is
+    /// closed (the reports it sent before are read, the connections it never took come
+    /// back when it is reaped).
+    pub fn watched(&self) -> bool {
+        !self.hung_up
     }
 
     /// Ends the channel: the worker reads what was handed, then the end, and finishes.
@@ -238,7 +253,8 @@ impl<'a> Dispatcher<'a> {
         (0..n)
             .map(|i| (self.cursor + i) % n.max(1))
             .filter(|&i| {
-                !refused[i] && !workers[i].link.closed && workers[i].link.pending.len() < self.queue
+                let link = &workers[i].link;
+                !refused[i] && !link.closed && !link.hung_up && link.pending.len() < self.queue
             })
             .min_by_key(|&i| workers[i].link.load())
     }
@@ -275,4 +291,41 @@ fn hand(w: &mut Candidate<'_>, conn: &OwnedFd, listener: u32) -> io::Result<u64>
     )?;
     w.link.next_seq += 1;
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that closes its end of the channel and goes on running: serve reads its
+    /// last reports, then neither waits on the channel (it would poll readable for good
+    /// and spin serve's loop) nor hands it anything.
+    #[test]
+    fn a_worker_end_closed_is_neither_watched_nor_chosen() {
+        let (mut gone, theirs) = Link::pair().expect("a channel");
+        let (mut open, _kept) = Link::pair().expect("a channel");
+        let report = Report { taken: 0, done: 3 }.to_bytes();
+        rustix::net::send(&theirs, &report, SendFlags::empty()).expect("a report");
+        drop(theirs);
+        gone.read_reports();
+        assert_eq!(gone.done, 3, "the report sent before the end is read");
+        assert!(!gone.watched());
+        open.read_reports();
+        assert!(open.watched(), "an open channel with nothing to read");
+
+        let dispatcher = Dispatcher::new(Vec::new(), 4).expect("a dispatcher");
+        let mut workers = [
+            Candidate {
+                pid: 1,
+                link: &mut gone,
+            },
+            Candidate {
+                pid: 2,
+                link: &mut open,
+            },
+        ];
+        assert_eq!(dispatcher.choose(&workers, &[false, false]), Some(1));
+        workers.swap(0, 1);
+        assert_eq!(dispatcher.choose(&workers[1..], &[false]), None);
+    }
 }

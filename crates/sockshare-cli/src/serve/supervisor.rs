@@ -485,6 +485,7 @@ impl<'a> Supervisor<'a> {
                 g.workers
                     .iter()
                     .filter_map(|w| w.link.as_ref())
+                    .filter(|l| l.watched())
                     .map(|l| l.as_fd()),
             );
         }
