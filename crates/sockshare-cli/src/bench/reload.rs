@@ -678,6 +678,12 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         .unwrap_or_else(|| dir.join("serve.log"));
     let outcome = measure(args, reloads, interval, timeout, &dir, &log_path);
     if outcome.is_err() {
+        // The end of serve's log says why, also where the file is gone with the machine (CI).
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        for line in &lines[lines.len().saturating_sub(10)..] {
+            eprintln!("  {line}");
+        }
         eprintln!("bench-reload: serve's log is in {}", log_path.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
