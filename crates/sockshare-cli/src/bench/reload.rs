@@ -2,8 +2,8 @@
 //!
 //! C client threads each open a new connection per request (connect, one line out, the
 //! answer line back, close; with `--udp`, a new socket sends one datagram and waits for the
-//! answer) while the harness restarts the server R times, every I seconds, on a loopback
-//! port. A request either gets `hello from pid P generation G` (counted per generation) or
+//! answer) while the harness restarts the server R times, I seconds after each other
+//! (from one restart's end to the next one's start), on a loopback port. A request either gets `hello from pid P generation G` (counted per generation) or
 //! fails, counted by kind: refused, reset, timeout (with `--udp`, a lost datagram), short
 //! (an empty or cut answer), other. After a failure a client pauses 1 ms, so failures count
 //! roughly the milliseconds each client found no server, not how fast a loop can fail.
@@ -62,7 +62,7 @@ pub struct ReloadArgs {
     /// Restarts in the run.
     #[arg(long, default_value_t = 100)]
     reloads: u32,
-    /// Seconds from one restart to the next.
+    /// Seconds from the end of one restart to the start of the next.
     #[arg(long, default_value_t = 0.3, value_name = "SECS")]
     interval: f64,
     /// Workers per generation (`sockshare serve --workers`).
@@ -767,8 +767,10 @@ fn measure(
             .collect();
         let mut drive = || -> Result<()> {
             for i in 1..=reloads {
-                let at = load.started + interval * i;
-                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                // I seconds after the last restart returned, not on a fixed schedule: a
+                // slow restart would otherwise shorten the next generation's turn, down to
+                // nothing when the clients were meanwhile waiting out their timeouts.
+                std::thread::sleep(interval);
                 harness.notify.drain();
                 if let Some(status) = serve.exited()? {
                     return Err(format!("serve exited ({status}) during the run").into());
