@@ -41,6 +41,10 @@ enum Command {
     /// Measure handoffs beside the raw kernel mechanisms, in one run.
     #[cfg(target_os = "linux")]
     Bench(bench::BenchArgs),
+    /// Restart a server again and again under load (`sockshare serve` reloads, a naive
+    /// restart, broken reloads) and count what clients saw: answers and failures.
+    #[cfg(target_os = "linux")]
+    BenchReload(bench::reload::ReloadArgs),
     /// Keep a server's sockets and run generations of its workers on them: reload on
     /// SIGHUP or `sockshare reload` without refusing a connection (sd_listen_fds(3) and
     /// sd_notify(3) conventions).
@@ -80,6 +84,8 @@ fn main() -> ExitCode {
         Command::DemoTarget { late } => demo::target(late),
         #[cfg(target_os = "linux")]
         Command::Bench(args) => bench::run(&args),
+        #[cfg(target_os = "linux")]
+        Command::BenchReload(args) => bench::reload::run(&args),
         #[cfg(target_os = "linux")]
         Command::Serve(args) => serve::run(args),
         #[cfg(target_os = "linux")]

@@ -2,22 +2,10 @@
 //! target's stdin. Portable: on Windows (under Wine in `.ci/windows`) it exercises the
 //! native WSADuplicateSocketW backend.
 
-use std::process::Command;
+mod common;
 
 fn demo(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sockshare"))
-        .arg("demo")
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "demo {args:?} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::sockshare(&[&["demo"], args].concat())
 }
 
 #[test]

@@ -18,6 +18,7 @@
 //!   `WSADuplicateSocketA`, the 372-byte `WSAPROTOCOL_INFOA` over a pipe, `WSASocketA`,
 //!   `closesocket`.
 
+pub mod reload;
 mod report;
 mod worker;
 
