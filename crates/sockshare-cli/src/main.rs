@@ -45,6 +45,10 @@ enum Command {
     /// restart, broken reloads) and count what clients saw: answers and failures.
     #[cfg(target_os = "linux")]
     BenchReload(bench::reload::ReloadArgs),
+    /// Compare `serve --dispatch` with SO_REUSEPORT and one shared listener: connections
+    /// per second, latency, each worker's share, a stalled worker, a killed one.
+    #[cfg(target_os = "linux")]
+    BenchDispatch(bench::dispatch::DispatchArgs),
     /// Keep a server's sockets and run generations of its workers on them: reload on
     /// SIGHUP or `sockshare reload` without refusing a connection (sd_listen_fds(3) and
     /// sd_notify(3) conventions).
@@ -86,6 +90,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         #[cfg(target_os = "linux")]
         Command::BenchReload(args) => bench::reload::run(&args),
+        #[cfg(target_os = "linux")]
+        Command::BenchDispatch(args) => bench::dispatch::run(&args),
         #[cfg(target_os = "linux")]
         Command::Serve(args) => serve::run(args),
         #[cfg(target_os = "linux")]

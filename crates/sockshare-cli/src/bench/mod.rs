@@ -18,8 +18,10 @@
 //!   `WSADuplicateSocketA`, the 372-byte `WSAPROTOCOL_INFOA` over a pipe, `WSASocketA`,
 //!   `closesocket`.
 
+pub mod dispatch;
 pub mod reload;
 mod report;
+mod serve_harness;
 mod worker;
 
 use std::io::BufReader;
