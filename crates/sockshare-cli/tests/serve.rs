@@ -8,7 +8,7 @@
 
 #![cfg(target_os = "linux")]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -193,6 +193,19 @@ fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// The descriptors of `pid`: number and what it links to (`socket:[123]`, ...).
+fn fds(pid: u32) -> BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("reading /proc/PID/fd")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 /// Waits for a child, up to `within`.
@@ -1028,6 +1041,88 @@ fn listeners_kept_in_the_fd_store_serve_the_next_serve() {
             "{what}: {pid} is not the new serve's"
         );
     }
+}
+
+/// Issue 13, 10: serve holds only its listeners and a few descriptors of its own (signalfd,
+/// notify and control sockets); workers get 0, 1, 2 and the listeners at 3 on, nothing
+/// else serve had (a stray descriptor serve inherited); after SIGTERM serve exits 0
+/// within the drain timeout, no worker is left, nothing holds the stray descriptor any
+/// more, and the Unix socket file serve bound is gone.
+#[test]
+fn stop_leaves_no_process_socket_file_or_stray_descriptor() {
+    let dir = TempDir::new("stop");
+    let port = free_port();
+    let path = dir.path("stop.sock");
+    let (stray_read, stray_write) = rustix::pipe::pipe().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--listen",
+        &format!("unix:{}", path.display()),
+        "--workers",
+        "2",
+        "--drain-timeout",
+        "5",
+        "--",
+        BIN,
+        "hello",
+    ]);
+    let mut serve = Serve::spawn(cmd, &[(stray_write.as_fd(), 20)]);
+    drop(stray_write);
+    serve.wait_log("generation 1 ready");
+    let workers = serve.workers(1);
+    let own = fds(serve.pid());
+    for &w in &workers {
+        // The worker's own socket for READY=1 may still be closing.
+        let end = Instant::now() + Duration::from_secs(2);
+        let mut theirs = fds(w);
+        while theirs.len() > 5 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+            theirs = fds(w);
+        }
+        assert_eq!(
+            theirs.keys().copied().collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4],
+            "worker {w}: {theirs:?}"
+        );
+        for fd in [3, 4] {
+            assert!(theirs[&fd].starts_with("socket:"), "{theirs:?}");
+            assert!(
+                own.values().any(|t| *t == theirs[&fd]),
+                "not serve's: {own:?}"
+            );
+        }
+    }
+    let mine: Vec<&String> = own
+        .iter()
+        .filter(|(n, _)| **n > 2 && **n != 20)
+        .map(|(_, t)| t)
+        .collect();
+    let sockets = mine.iter().filter(|t| t.starts_with("socket:")).count();
+    let signalfds = mine.iter().filter(|t| t.contains("signalfd")).count();
+    assert_eq!(
+        (mine.len(), sockets, signalfds),
+        (5, 4, 1),
+        "serve's descriptors: {own:?}"
+    );
+
+    let (status, took) = serve.stop();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    for w in workers {
+        assert!(
+            !Path::new(&format!("/proc/{w}")).exists(),
+            "worker {w} left"
+        );
+    }
+    assert!(!path.exists(), "the socket file is left");
+    // Nothing holds the stray descriptor's pipe open any more: the read end sees its end.
+    let mut hup = [PollFd::new(&stray_read, PollFlags::IN)];
+    let wait = Timespec::try_from(Duration::from_secs(2)).unwrap();
+    assert_eq!(rustix::event::poll(&mut hup, Some(&wait)).unwrap(), 1);
+    assert!(hup[0].revents().contains(PollFlags::HUP));
 }
 
 /// Issue 13, 11: ten reloads while clients ask without pause, each on a new connection:
