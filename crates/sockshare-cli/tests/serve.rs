@@ -89,15 +89,27 @@ fn write_script(path: &Path, body: &str) {
     std::fs::rename(&next, path).expect("replacing the script");
 }
 
-/// A port free on 127.0.0.1 for TCP (the socket is closed again).
+/// A port free on 127.0.0.1 for TCP and UDP, and no other test's of this run. It is below
+/// the ephemeral range: a port from there (what binding port 0 gives) may have become a
+/// client connection's own by the time serve binds it (EADDRINUSE).
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding port 0");
-    l.local_addr().unwrap().port()
-}
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("binding port 0");
-    s.local_addr().unwrap().port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let (base, span) = (10_000, ephemeral.saturating_sub(10_000).max(1000));
+    // Runs of the tests side by side start at different places.
+    let start = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral}");
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -630,7 +642,7 @@ fn libsystemd_reads_the_workers_sockets_and_its_ready_counts() {
 #[test]
 fn hello_answers_over_tcp_udp_and_unix_at_once() {
     let dir = TempDir::new("kinds");
-    let (tcp, udp) = (free_port(), free_udp_port());
+    let (tcp, udp) = (free_port(), free_port());
     let path = dir.path("hello.sock");
     let name = format!("sockshare-serve-test/{}/{tcp}", std::process::id());
     let serve = Serve::start(
