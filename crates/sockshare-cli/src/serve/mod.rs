@@ -102,8 +102,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .as_deref()
         .map(workers::Credentials::resolve)
         .transpose()?;
-    // Before anything else: the environment is serve's own, and signals must be blocked
-    // before any child exists, or a SIGCHLD could be missed.
+    // Before anything else: what serve inherited stays out of workers, the environment is
+    // serve's own, and signals must be blocked before any child exists, or a SIGCHLD could
+    // be missed.
+    workers::seal_inherited()?;
     let manager = notify::Manager::from_env()?;
     let inherited = listeners::inherited()?;
     let signals = Signals::block()?;

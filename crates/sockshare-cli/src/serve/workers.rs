@@ -100,6 +100,44 @@ fn lookup_group(group: &str) -> Result<u32, String> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
+/// Marks every descriptor from 3 on close-on-exec, so a worker gets 0, 1, 2 and its
+/// sockets, nothing else serve inherited (a descriptor the program that started serve
+/// leaked: a pipe kept open in every generation would never see its end). Serve's own are
+/// close-on-exec already; socket activation's are taken (and marked) by
+/// `listeners::inherited` either way.
+///
+/// # Errors
+///
+/// Neither close_range nor /proc/self/fd could be used.
+pub fn seal_inherited() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC (Linux 5.11) only sets a flag on
+    // descriptors of this process; it closes none.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            LISTEN_FDS_START as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if marked == 0 {
+        return Ok(());
+    }
+    // Before Linux 5.11: one by one.
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let name = entry?.file_name();
+        let Some(fd) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if fd >= LISTEN_FDS_START {
+            // SAFETY: F_SETFD only sets the flag of that number; on a number no longer
+            // open (the directory's own descriptor) it fails and changes nothing.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
+
 /// What every worker of one serve gets.
 pub struct Plan<'a> {
     pub command: &'a [OsString],
