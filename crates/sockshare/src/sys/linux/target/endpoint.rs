@@ -251,7 +251,7 @@ impl Endpoint {
             }
             let mut answer = [0u8; wire::HEADER_LEN + 1];
             let answered = matches!(
-                super::super::recv_with_sender(conn.as_fd(), &mut answer, KEEPER_WAIT),
+                super::super::recv_with_sender(conn.as_fd(), &mut answer, KEEPER_ANSWER),
                 Ok(Some((n, _))) if wire::parse_reply(&answer[..n]) == Some(Verdict::Accepted)
             );
             if answered {

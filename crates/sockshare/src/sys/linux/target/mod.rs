@@ -56,6 +56,11 @@ const SEEK_RECORDS: usize = 8;
 const SEEN_MAX: usize = 1 << 16;
 /// How long a redeem that misses waits for keepers to forward what they hold.
 const KEEPER_WAIT: Duration = Duration::from_millis(100);
+/// How long the session waits for a keeper that took its connection to answer. Longer
+/// than a forward: a keeper for this process exists (it holds the name), and one just
+/// forked may not have run yet on a loaded machine; giving up would fail a redeem of a
+/// socket that is there.
+const KEEPER_ANSWER: Duration = Duration::from_secs(1);
 /// Source connections one session serves at once; more get a "busy" answer.
 const MAX_CONNECTIONS: usize = 1024;
 
