@@ -148,21 +148,19 @@ impl Batch {
             // SAFETY: every header's iovec and control buffer point into this batch's
             // buffers, which are exclusively borrowed for the call and outlive it.
             let n = unsafe {
-                libc::recvmmsg(
+                syscall!(recvmmsg(
                     fd.as_raw_fd(),
                     msgs.as_mut_ptr(),
                     count as _,
                     flags,
                     std::ptr::null_mut(),
-                )
+                ))
             };
-            if n >= 0 {
-                break n as usize;
-            }
-            match last_errno() {
-                Errno::INTR | Errno::CONNRESET => {}
-                Errno::AGAIN if !wait => return Ok((0, Vec::new())),
-                e => return Err(e),
+            match n {
+                Ok(n) => break n as usize,
+                Err(Errno::INTR | Errno::CONNRESET) => {}
+                Err(Errno::AGAIN) if !wait => return Ok((0, Vec::new())),
+                Err(e) => return Err(e),
             }
         };
         let mut out = Vec::with_capacity(n);
@@ -263,22 +261,20 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
         // Never more records than are still owed: each may be one with bytes.
         let want = (count - done).min(MAX_RECORDS);
         // SAFETY: `msgs[..want]` are empty headers (no iov, no control) owned by us.
-        let n = unsafe {
-            libc::recvmmsg(
+        let n = match unsafe {
+            syscall!(recvmmsg(
                 fd.as_raw_fd(),
                 msgs.as_mut_ptr(),
                 want as _,
                 // MSG_TRUNC: each entry's length is its record's, not what was copied.
                 libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                 std::ptr::null_mut(),
-            )
+            ))
+        } {
+            Ok(n) => n,
+            Err(Errno::INTR | Errno::CONNRESET) => continue,
+            Err(e) => return Err(e),
         };
-        if n < 0 {
-            match last_errno() {
-                Errno::INTR | Errno::CONNRESET => continue,
-                e => return Err(e),
-            }
-        }
         let with_bytes = msgs[..n as usize].iter().filter(|m| m.msg_len > 0).count();
         // Only empty records, or the end of the stream: if no byte is left either, the
         // records the caller peeked are gone (another holder of the socket took them).
@@ -294,23 +290,14 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
 /// batch that left peeked records queued).
 pub(super) fn set_peek_off(fd: BorrowedFd<'_>, off: i32) -> Result<(), Errno> {
     // SAFETY: SO_PEEK_OFF takes an int; `off` lives for the call.
-    let rc = unsafe {
-        libc::setsockopt(
+    unsafe {
+        syscall!(setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEEK_OFF,
             (&off as *const i32).cast(),
             std::mem::size_of::<i32>() as _,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(last_errno())
+        ))
     }
-}
-
-/// The calling thread's errno, right after a raw call returned -1.
-pub(super) fn last_errno() -> Errno {
-    Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)
+    .map(drop)
 }

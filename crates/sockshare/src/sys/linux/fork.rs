@@ -115,7 +115,7 @@ fn map_mark() -> Option<&'static AtomicU32> {
         return None;
     }
     // SAFETY: `addr` is the page just mapped; the advice only changes what a child sees.
-    if unsafe { libc::madvise(addr, page, libc::MADV_WIPEONFORK) } != 0 {
+    if unsafe { syscall!(madvise(addr, page, libc::MADV_WIPEONFORK)) }.is_err() {
         // SAFETY: unmapping the page mapped above, which nothing refers to.
         unsafe { libc::munmap(addr, page) };
         return None;

@@ -76,14 +76,9 @@ pub(super) fn spawn(pid: u32, start: u64, pidfd: OwnedFd) -> Result<OwnedFd> {
     // SAFETY: a raw clone without CLONE_VM is a fork that runs no atfork handler. The
     // child makes only system calls (async-signal-safe) and leaves with `_exit`, or
     // clones the keeper, which does the same; no lock, no allocation, no destructor.
-    let middle = unsafe { libc::syscall(libc::SYS_clone, 0, 0, 0, 0, 0) };
+    let middle = unsafe { syscall!(syscall(libc::SYS_clone, 0, 0, 0, 0, 0)) }
+        .map_err(|e| os_error("starting a keeper process", e))?;
     match middle {
-        -1 => {
-            return Err(os_error(
-                "starting a keeper process",
-                std::io::Error::last_os_error(),
-            ))
-        }
         0 => {
             // SAFETY: as above; the keeper's exit signal is SIGCHLD, which init (its
             // parent once this process exits) reaps.
@@ -278,9 +273,8 @@ impl Keeper {
         // While idle, wake to see whether the link has been idle long enough.
         let timeout = if self.idle_since.is_some() { 100 } else { -1 };
         // SAFETY: `fds` is a live array of pollfd of the length given.
-        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) } < 0
-            && super::batch::last_errno() != Errno::INTR
-        {
+        let polled = unsafe { syscall!(poll(fds.as_mut_ptr(), fds.len() as _, timeout)) };
+        if polled.is_err_and(|e| e != Errno::INTR) {
             return Break(());
         }
         if fds[1].revents & libc::POLLIN != 0 {
@@ -428,18 +422,14 @@ fn send_record(
         }
     }
     // SAFETY: every pointer in `msg` points into buffers alive for the call.
-    let n = unsafe {
-        libc::sendmsg(
+    unsafe {
+        syscall!(sendmsg(
             conn.as_raw_fd(),
             &msg,
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(super::batch::last_errno())
-    } else {
-        Ok(())
+        ))
     }
+    .map(drop)
 }
 
 /// Receives one record into `record` and `hand`, without waiting. `Ok(false)` at the
@@ -462,15 +452,12 @@ fn recv_record(
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: the iovec and control buffer point into live buffers of the sizes given.
     let n = unsafe {
-        libc::recvmsg(
+        syscall!(recvmsg(
             link.as_raw_fd(),
             &mut msg,
             libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        return Err(super::batch::last_errno());
-    }
+        ))
+    }?;
     // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
     // well-formed cmsgs; the macros stay inside it and the data is read unaligned.
     unsafe {

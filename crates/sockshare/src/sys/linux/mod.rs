@@ -35,6 +35,21 @@
 //!   infos, or reuse its secrets: [`fork`] says how, and gives the lock order of every
 //!   process-wide lock of the project.
 
+/// Calls `libc::$fn` and turns its -1 into the `errno` it set, as an [`Errno`]: the one
+/// place the backend reads `errno`, and only after a call said it failed (socket2's
+/// `syscall!`). The call site's `unsafe` block and `SAFETY` comment cover the call.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        let res = libc::$fn($($arg),*);
+        if res == -1 {
+            Err(rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+                .unwrap_or(rustix::io::Errno::IO))
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
 mod batch;
 mod channel;
 mod fork;
@@ -119,20 +134,16 @@ pub(super) fn peer_cred(fd: BorrowedFd<'_>) -> std::result::Result<libc::ucred, 
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a valid, writable `ucred` of `len` bytes and `fd` is open for the
     // duration of the call; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
+    unsafe {
+        syscall!(getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&mut cred as *mut libc::ucred).cast(),
             &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cred)
-    } else {
-        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
-    }
+        ))
+    }?;
+    Ok(cred)
 }
 
 /// How many names a session may bind: it takes the first one free.
@@ -245,18 +256,18 @@ pub(super) fn peer_alive(fd: BorrowedFd<'_>) -> Option<bool> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `pidfd` is a writable int of `len` bytes; `fd` is open for the call.
     let rc = unsafe {
-        libc::getsockopt(
+        syscall!(getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             option,
             (&mut pidfd as *mut libc::c_int).cast(),
             &mut len,
-        )
+        ))
     };
-    if rc != 0 {
+    if let Err(e) = rc {
         // ESRCH: the maker is gone (kernels that cannot name a dead process). Anything
         // else (ENOPROTOOPT before 6.5): no answer.
-        return (io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)).then_some(false);
+        return (e == Errno::SRCH).then_some(false);
     }
     // SAFETY: on success the kernel installed a new pidfd for us alone.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -290,18 +301,16 @@ pub(super) fn recv_with_sender(
         // SAFETY: the iovec and control buffer point into live, exclusively borrowed
         // buffers of the sizes given; MSG_CMSG_CLOEXEC covers descriptors nobody sends.
         let n = unsafe {
-            libc::recvmsg(
+            syscall!(recvmsg(
                 fd.as_raw_fd(),
                 &mut msg,
                 libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
+            ))
         };
-        if n >= 0 {
-            break n as usize;
-        }
-        match batch::last_errno() {
-            Errno::INTR => {}
-            e => return Err(e),
+        match n {
+            Ok(n) => break n as usize,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
         }
     };
     // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
