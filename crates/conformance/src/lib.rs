@@ -1,4 +1,4 @@
-//! Drivers for the cross-process tests of the sockshare contract (DESIGN §2).
+//! Drivers for the cross-process tests of the sockshare contract (docs/semantics.md).
 //!
 //! A test runs in one process and drives one or more `peer` processes (src/bin/peer.rs)
 //! through pipes: each is a real process with its own descriptor table and pid, acting as

@@ -1,5 +1,5 @@
-//! Attacks on who a session is (DESIGN §2 rows S19 identity, S23 user namespaces, S24
-//! fork, S25 squatting), each staged with real processes. Every test asserts the secure
+//! Attacks on who a session is (docs/semantics.md, rows S19 identity, S23 user namespaces,
+//! S24 fork, S25 squatting), each staged with real processes. Every test asserts the secure
 //! behaviour; several fail against the library as it stands, by design: they are the
 //! proof that the fixes work. Hostile processes run as another user (uid 65534) where the
 //! attack allows it. The names a session is reached by come from

@@ -1,6 +1,6 @@
 //! Attacks on the push records and the table behind them, each run with real processes
-//! and asserting the SECURE behaviour of DESIGN §2's rows S20 (a socket is bound to the
-//! source that pushed it), S21 (integrity), S22 (capacity) and S25 (hostile load).
+//! and asserting the SECURE behaviour of rows S20 (a socket is bound to the source that
+//! pushed it), S21 (integrity), S22 (capacity) and S25 (hostile load) of docs/semantics.md.
 //!
 //! Several of these fail on the library as it is when they were written: they record the
 //! attacks its fix must stop. Each test gathers every insecure outcome it sees into a

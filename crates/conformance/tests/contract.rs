@@ -1,6 +1,6 @@
-//! The rows S1–S17 of DESIGN §2, each with real processes and real sockets. The test
-//! process plays one role (source or target) and `peer` processes play the others; every
-//! test checks every process's descriptor count at the end.
+//! The rows S1–S17 of docs/semantics.md, each with real processes and real sockets. The
+//! test process plays one role (source or target) and `peer` processes play the others;
+//! every test checks every process's descriptor count at the end.
 //!
 //! S4, S5, S13 and S14's flags are about the C interface's arguments; their tests live
 //! with it (crates/ws2_32). The Rust API makes S5 a type error (no `Session`, no redeem).

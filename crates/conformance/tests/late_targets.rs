@@ -1,7 +1,7 @@
-//! Row S18 of DESIGN §2: sharing with a target that is not ready. `duplicate` succeeds for
-//! any live process the source may share with (it runs as the target's user, or as root)
-//! whether or not that process has started its session, and when it is stopped or slow to
-//! answer; the target redeems the info once it starts its session, at any later time, with
+//! docs/semantics.md, S18: sharing with a target that is not ready. `duplicate` succeeds
+//! for any live process the source may share with (it runs as the target's user, or as
+//! root) whether or not that process has started its session, and when it is stopped or
+//! slow to answer; the target redeems the info once it starts its session, at any later time, with
 //! the same single use and target binding as a ready target. The source may close its
 //! socket, exit or be killed at once. A target that exits without redeeming releases the
 //! socket and leaves nothing behind: no helper process (a "keeper", named

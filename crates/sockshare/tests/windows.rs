@@ -5,9 +5,9 @@
 //! peer by lines on its stdin (infos travel as hex, as they would over any pipe) and reads
 //! its answers, lines starting with `@@ `, from its stdout.
 //!
-//! Each test names the row of DESIGN §2 it proves. Where Wine departs from Microsoft's
-//! documented behaviour, the test checks the documented behaviour and, under Wine, expects
-//! Wine's instead with a printed note.
+//! Each test names the row of docs/semantics.md it proves. Where Wine departs from
+//! Microsoft's documented behaviour, the test checks the documented behaviour and, under
+//! Wine, expects Wine's instead with a printed note.
 #![cfg(windows)]
 
 use std::io::{BufRead, BufReader, ErrorKind as IoKind, Read, Write};

@@ -1,5 +1,5 @@
-//! `sockshare bench`: every scenario of DESIGN §5 in one run, sockshare beside the raw
-//! kernel mechanisms, measured by the same harness in the same process topology.
+//! `sockshare bench`: every scenario of docs/benchmarks.md in one run, sockshare beside the
+//! raw kernel mechanisms, measured by the same harness in the same process topology.
 //!
 //! This process only orchestrates. Each measured run starts fresh child processes (this
 //! program again, in the hidden `--role source|target`), hands them their ends of the links
@@ -134,7 +134,7 @@ struct WorkerSpec {
     nofile: u64,
 }
 
-/// One scenario of DESIGN §5.
+/// One scenario of docs/benchmarks.md.
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
     Stream { sources: usize, targets: usize },

@@ -159,7 +159,7 @@ fn ratio(value: Option<u64>, base: Option<u64>) -> Option<f64> {
     }
 }
 
-/// The targets of issue 4, checked against the rows.
+/// The targets of issue 4 (listed in docs/benchmarks.md), checked against the rows.
 fn verdicts(rows: &[Row]) -> Vec<String> {
     let get = |s: &str, v: &str| rows.iter().find(|r| r.scenario == s && r.variant == v);
     let mut out = Vec::new();

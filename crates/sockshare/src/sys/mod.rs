@@ -45,9 +45,9 @@
 //!
 //! The Linux backend lives in `linux`; the Windows backend, `windows`, is the native
 //! `WSADuplicateSocketW`/`WSASocketW` with sockshare's checks around it (its module docs
-//! say which rows of the contract Windows itself keeps and which sockshare adds). Items
-//! only one OS has (a `Channel`, `fuzzing`) are `cfg`'d to it. macOS comes later behind
-//! this same contract.
+//! say which rows of docs/semantics.md Windows itself keeps and which sockshare adds).
+//! Items only one OS has (a `Channel`, `fuzzing`) are `cfg`'d to it. macOS comes later
+//! behind this same contract.
 
 #[cfg(target_os = "linux")]
 mod linux;
