@@ -408,7 +408,7 @@ impl ProtocolInfo {
     ) -> (ProtocolInfo, [u8; INFO_W_SIZE]) {
         let mut info = ProtocolInfo::unsigned(kind, target_pid, token);
         let mut w = info.to_bytes_w();
-        info.tag = tag_of(w);
+        info.tag = tag_of(&mut w);
         put(&mut w, offset::PROVIDER_RESERVED, info.tag);
         (info, w)
     }
@@ -500,15 +500,17 @@ impl ProtocolInfo {
             tag: get_u32(bytes, offset::PROVIDER_RESERVED),
             name,
         };
-        // A W info with zeros after its name is byte for byte what serialising it gives
-        // (every other byte is read as a field): check its CRC on the bytes as they are,
-        // and serialise again only for anything else.
-        let name_end = offset::SZ_PROTOCOL + 2 * (info.name.len() + 1);
-        // OR-folded rather than `all(== 0)`: the fold has no early exit, so it compiles to
-        // vector code, where the byte-at-a-time loop cost more than the CRC itself.
-        let fast = bytes.len() == INFO_W_SIZE
-            && bytes[name_end..].iter().fold(0, |acc, &b| acc | b) == 0
-            && bytes.try_into().is_ok_and(|w| tag_of(w) == info.tag);
+        // An info with zeros after its name is, in its W form, byte for byte what
+        // serialising it gives (every other byte is read as a field, and the name is ASCII,
+        // so an A form's widens to its UTF-16): check the CRC on those bytes, and
+        // serialise again only for anything else.
+        let width = if bytes.len() == INFO_W_SIZE { 2 } else { 1 };
+        let name_end = offset::SZ_PROTOCOL + width * (info.name.len() + 1);
+        // Compared with zeros by memcmp, which is vector code: a byte-at-a-time loop cost
+        // more than the CRC itself.
+        static ZEROS: [u8; INFO_W_SIZE] = [0; INFO_W_SIZE];
+        let fast = bytes[name_end..] == ZEROS[name_end..bytes.len()]
+            && tag_of_bytes(bytes, &info.name) == info.tag;
         if !fast && info.compute_tag() != info.tag {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
@@ -590,7 +592,7 @@ impl ProtocolInfo {
 
     /// CRC-32 over the W form with the tag zeroed: the A and W forms of one info share it.
     fn compute_tag(&self) -> u32 {
-        tag_of(self.to_bytes_w())
+        tag_of(&mut self.to_bytes_w())
     }
 
     /// The process the info was made for (`dwServiceFlags2`).
@@ -677,11 +679,28 @@ impl ProtocolInfo {
     }
 }
 
-/// The integrity tag of a W form: its CRC-32 with the tag's own field zeroed.
+/// The integrity tag of well-formed info bytes (either form) whose name is `name` and
+/// whose bytes after it are zero: that of their W form, which for the A form is its own
+/// bytes with the name widened.
 #[cfg(not(windows))]
-fn tag_of(mut w: [u8; INFO_W_SIZE]) -> u32 {
+fn tag_of_bytes(bytes: &[u8], name: &str) -> u32 {
+    if let Ok(mut w) = <[u8; INFO_W_SIZE]>::try_from(bytes) {
+        return tag_of(&mut w);
+    }
+    let mut w = [0u8; INFO_W_SIZE];
+    w[..offset::SZ_PROTOCOL].copy_from_slice(&bytes[..offset::SZ_PROTOCOL]);
+    for (i, c) in name.bytes().enumerate() {
+        w[offset::SZ_PROTOCOL + 2 * i] = c;
+    }
+    tag_of(&mut w)
+}
+
+/// The integrity tag of a W form: its CRC-32 with the tag's own field zeroed (in `w`,
+/// borrowed rather than copied).
+#[cfg(not(windows))]
+fn tag_of(w: &mut [u8; INFO_W_SIZE]) -> u32 {
     w[offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4].fill(0);
-    crc32fast::hash(&w)
+    crc32fast::hash(w)
 }
 
 pub(crate) fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
@@ -770,14 +789,21 @@ mod tests {
     #[test]
     fn every_single_byte_change_is_detected() {
         let info = ProtocolInfo::for_share(tcp4(), 77, 99);
-        let w = info.to_bytes_w();
-        for at in 0..INFO_W_SIZE {
-            let mut bad = w;
-            bad[at] ^= 0x01;
-            let parsed = ProtocolInfo::from_bytes(&bad);
-            // Past the name's terminator the bytes carry nothing, so a change there is harmless.
-            let meaningful = at < offset::SZ_PROTOCOL + 2 * (info.protocol_name().len() + 1);
-            assert_eq!(parsed.is_err(), meaningful, "byte {at}");
+        let forms = [
+            (info.to_bytes_w().to_vec(), 2),
+            (info.to_bytes_a().to_vec(), 1),
+        ];
+        for (bytes, width) in forms {
+            for at in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[at] ^= 0x01;
+                let parsed = ProtocolInfo::from_bytes(&bad);
+                // Past the name's terminator the bytes carry nothing: a change there is
+                // harmless.
+                let name_end = offset::SZ_PROTOCOL + width * (info.protocol_name().len() + 1);
+                let meaningful = at < name_end;
+                assert_eq!(parsed.is_err(), meaningful, "byte {at} of {}", bytes.len());
+            }
         }
     }
 
@@ -788,7 +814,7 @@ mod tests {
         let forge = |edit: &dyn Fn(&mut [u8; INFO_W_SIZE])| {
             let mut w = info.to_bytes_w();
             edit(&mut w);
-            let tag = tag_of(w);
+            let tag = tag_of(&mut w);
             put(&mut w, offset::PROVIDER_RESERVED, tag);
             ProtocolInfo::from_bytes(&w)
         };
@@ -815,6 +841,9 @@ mod tests {
         let mut noisy = w;
         noisy[INFO_W_SIZE - 1] = 0x7f;
         assert_eq!(ProtocolInfo::from_bytes(&noisy).unwrap(), info);
+        let mut noisy_a = info.to_bytes_a();
+        noisy_a[INFO_A_SIZE - 1] = 0x7f;
+        assert_eq!(ProtocolInfo::from_bytes(&noisy_a).unwrap(), info);
     }
 
     #[test]

@@ -68,7 +68,6 @@
 mod last_error;
 pub mod types;
 
-use std::collections::BTreeMap;
 use std::ffi::{c_int, c_long, c_ulong};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -86,11 +85,14 @@ use last_error::{errno, set_errno, set_last_error, wsa_from_errno};
 struct State {
     /// One session handle per successful `WSAStartup` not yet matched by `WSACleanup`.
     sessions: Vec<Session>,
-    /// Descriptors `WSASocket` returned and `closesocket` has not closed, with their
-    /// (device, inode), so the last `WSACleanup` closes only what is still that socket,
-    /// never a number the program closed with `close` and reused for something else.
-    /// Empty whenever `sessions` is.
-    sockets: BTreeMap<RawFd, (u64, u64)>,
+    /// Indexed by descriptor number: the [`cookie`] of the socket `WSASocket` returned
+    /// there and `closesocket` has not closed, 0 for none. The last `WSACleanup` closes
+    /// only a number that still holds that socket, never one the program closed with
+    /// `close` and reused for something else. A table indexed by number, like the
+    /// kernel's own, makes the bookkeeping of a handoff two stores (`WSASocket`'s and
+    /// `closesocket`'s), at 8 bytes per number up to the highest socket `WSASocket`
+    /// returned. Empty whenever `sessions` is.
+    sockets: Vec<u64>,
 }
 
 /// The page whose first word points to this process's state. The kernel fills the page
@@ -158,7 +160,7 @@ fn state() -> Result<MutexGuard<'static, State>, i32> {
     if current.is_null() {
         let fresh = Box::into_raw(Box::new(Mutex::new(State {
             sessions: Vec::new(),
-            sockets: BTreeMap::new(),
+            sockets: Vec::new(),
         })));
         current = match slot.compare_exchange(
             std::ptr::null_mut(),
@@ -232,41 +234,33 @@ fn descriptor(s: SOCKET) -> Result<RawFd, i32> {
 /// The descriptor in a `SOCKET`, if it is an open socket.
 fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
     let fd = descriptor(s)?;
-    let mut ty: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: `ty` and `len` are valid for writes of their sizes; getsockopt on any int,
-    // open or not, only reads the kernel's table (EBADF or ENOTSOCK when it is not a
-    // socket).
+    cookie(fd).map(|_| fd)
+}
+
+/// The socket cookie of descriptor `fd`: the kernel's number for the socket, unique for
+/// the life of the system (never reused, never 0), so it tells the socket `WSASocket`
+/// returned from any later occupant of its number. It also answers whether `fd` is an
+/// open socket (`EBADF`, `ENOTSOCK`), in the same one system call.
+fn cookie(fd: RawFd) -> Result<u64, i32> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of their sizes; getsockopt on any
+    // int, open or not, only reads the kernel's table (EBADF or ENOTSOCK when it is not a
+    // socket) and, the first time, gives the socket its cookie.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut c_int).cast(),
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
             &mut len,
         )
     };
     if rc == 0 {
-        Ok(fd)
+        Ok(cookie)
     } else {
         Err(os_failure())
     }
-}
-
-/// (device, inode) of an open descriptor.
-fn identity(fd: RawFd) -> Option<(u64, u64)> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is valid for a write of a `stat`; fstat on any int only reads the
-    // kernel's table.
-    let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: fstat succeeded, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    // The widths of st_dev and st_ino differ between targets.
-    #[allow(clippy::unnecessary_cast)]
-    Some((st.st_dev as u64, st.st_ino as u64))
 }
 
 /// The body of `WSADuplicateSocketA`/`W`: `T` is the info struct, `N` its size, and
@@ -371,10 +365,12 @@ unsafe fn create_socket<T, const N: usize>(
     flags: DWORD,
 ) -> SOCKET {
     const { assert!(std::mem::size_of::<T>() == N) };
-    // SAFETY: per the contract `info` is NULL or readable for a `T`, which is N
-    // initialised bytes (asserted at compile time above; no padding); read_unaligned
-    // needs no alignment.
-    let info = (!info.is_null()).then(|| unsafe { info.cast::<[u8; N]>().read_unaligned() });
+    // SAFETY: per the contract `info` is NULL (None) or readable for a `T`, which is N
+    // initialised bytes (asserted at compile time above; no padding); a byte array needs
+    // no alignment. Nothing may write it during the call: a write then would race with
+    // the read, copied or not. Borrowed rather than copied, because the copy, moved into
+    // the closure below, cost 140 instructions a call.
+    let info = unsafe { info.cast::<[u8; N]>().as_ref() };
     let result = boundary(|| {
         let mut st = state()?;
         let session = require_started(&st)?;
@@ -384,7 +380,7 @@ unsafe fn create_socket<T, const N: usize>(
         let inherit = flags & WSA_FLAG_NO_HANDLE_INHERIT == 0;
         let fd = match info {
             Some(bytes) => {
-                let info = ProtocolInfo::from_bytes(&bytes).map_err(|e| e.code())?;
+                let info = ProtocolInfo::from_bytes(bytes).map_err(|e| e.code())?;
                 // Checked before redeeming, so a wrong call leaves the info usable.
                 if !matches_info(af, info.address_family())
                     || !matches_info(ty, info.socket_type())
@@ -417,8 +413,14 @@ unsafe fn create_socket<T, const N: usize>(
                 fd
             }
         };
-        if let Some(id) = identity(fd) {
-            st.sockets.insert(fd, id);
+        // A socket without a cookie (a kernel before 4.12) is not tracked: WSACleanup
+        // could not tell it from a later occupant of its number.
+        if let Ok(id) = cookie(fd) {
+            let slot = fd as usize;
+            if st.sockets.len() <= slot {
+                st.sockets.resize(slot + 1, 0);
+            }
+            st.sockets[slot] = id;
         }
         Ok(fd as SOCKET)
     });
@@ -488,7 +490,9 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
         let mut st = state()?;
         require_started(&st)?;
         let fd = socket_fd(s)?;
-        st.sockets.remove(&fd);
+        if let Some(id) = st.sockets.get_mut(fd as usize) {
+            *id = 0;
+        }
         // SAFETY: the caller hands the descriptor over to be closed, as with close(2);
         // it was checked to be an open socket. Linux releases the descriptor even when
         // close reports EINTR, so the result carries nothing to act on.
@@ -626,10 +630,12 @@ pub extern "C" fn WSACleanup() -> c_int {
         let mut st = state()?;
         require_started(&st)?;
         if st.sessions.len() == 1 {
-            for (fd, id) in std::mem::take(&mut st.sockets) {
-                if identity(fd) == Some(id) {
-                    // SAFETY: `fd` is still the socket WSASocket created (same device and
-                    // inode), and the program's last WSACleanup ends its use, as on
+            for (fd, id) in std::mem::take(&mut st.sockets).into_iter().enumerate() {
+                // Slots exist only up to a descriptor number, so `fd` fits a RawFd.
+                let fd = fd as RawFd;
+                if id != 0 && cookie(fd) == Ok(id) {
+                    // SAFETY: `fd` still holds the socket WSASocket created (same
+                    // cookie), and the program's last WSACleanup ends its use, as on
                     // Windows.
                     unsafe { libc::close(fd) };
                 }

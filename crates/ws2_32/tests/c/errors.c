@@ -411,7 +411,8 @@ static void last_error(void)
 }
 
 /* The last WSACleanup closes the sockets WSASocket made (not those closesocket closed,
-   nor a number the program reused) and releases infos never redeemed. */
+   nor a number the program reused, for a file or for another socket) and releases infos
+   never redeemed. */
 static void cleanup_closes(void)
 {
     int fds = count_fds();
@@ -429,12 +430,17 @@ static void cleanup_closes(void)
     close((int)reused); /* closed behind the library's back... */
     int file = open("/dev/null", O_RDONLY); /* ...and its number reused */
     CHECK(file == (int)reused);
+    SOCKET reused_by_socket = WSASocketA(AF_INET, SOCK_DGRAM, 0, NULL, 0, 0);
+    close((int)reused_by_socket);
+    int other = socket(AF_INET, SOCK_DGRAM, 0); /* a socket too, of the same kind */
+    CHECK(other == (int)reused_by_socket);
     int raw = socket(AF_INET, SOCK_STREAM, 0); /* not made by WSASocket */
 
     CHECK(WSACleanup() == 0);
     CHECK(!is_open((int)l) && !is_open((int)shared));
-    CHECK(is_open(file) && is_open(raw));
+    CHECK(is_open(file) && is_open(other) && is_open(raw));
     close(file);
+    close(other);
     close(raw);
     CHECK(count_fds() == fds);
 
