@@ -49,7 +49,9 @@ pub struct Channel {
 impl Channel {
     /// A connected pair of ends, both held by this process until one is handed over.
     ///
-    /// Fails with `WSAENOBUFS` or `WSAEMFILE` when the kernel cannot make the pair.
+    /// # Errors
+    ///
+    /// `WSAENOBUFS` or `WSAEMFILE` when the kernel cannot make the pair.
     pub fn pair() -> Result<(Channel, Channel)> {
         let (a, b) = sys::Channel::pair()?;
         Ok((Channel { inner: a }, Channel { inner: b }))
@@ -59,7 +61,9 @@ impl Channel {
     /// process, by inheritance or `SCM_RIGHTS`). Sockets sent to the end before are
     /// received here, even when the other end has been closed since.
     ///
-    /// Fails with `WSAENOTSOCK` when `fd` is not a socket.
+    /// # Errors
+    ///
+    /// `WSAENOTSOCK` when `fd` is not a socket.
     pub fn adopt(fd: OwnedFd) -> Result<Channel> {
         let (inner, set_up) = sys::Channel::adopt(fd);
         set_up?;
@@ -73,7 +77,9 @@ impl Channel {
     /// When the other end's queue is full, waits for room at most 100 ms (as
     /// [`duplicate`](crate::duplicate) does for a full session queue).
     ///
-    /// Errors (nothing was sent: the caller still owns its socket): `WSAENOTSOCK` when
+    /// # Errors
+    ///
+    /// Nothing was sent (the caller still owns its socket): `WSAENOTSOCK` when
     /// `socket` is not a socket; `WSAENETDOWN` when the other end is closed; `WSAENOBUFS`
     /// when the queue stayed full (the other end receives too slowly, or not at all: send
     /// again later) or the kernel refuses more descriptors in flight.
@@ -85,13 +91,16 @@ impl Channel {
 
     /// Receives the next socket and its info, waiting for one.
     ///
-    /// Errors: `WSAEINVAL` when what came is refused (sender not allowed by the default
+    /// # Errors
+    ///
+    /// `WSAEINVAL` when what came is refused (sender not allowed by the default
     /// policy, damaged record; what it carried is closed, and the next `recv` goes on
     /// with the next message); `WSAEMFILE` when this process is
     /// out of descriptors (the socket stays queued: receive again once descriptors are
     /// free); `WSAENETDOWN` when the other end is closed.
     pub fn recv(&self) -> Result<(ProtocolInfo, SharedSocket)> {
         let (info, fd) = self.inner.recv()?;
+        let info = ProtocolInfo(info);
         let kind = info.kind();
         Ok((info, SharedSocket::new(fd, kind)))
     }

@@ -63,6 +63,7 @@ impl ErrorKind {
     ];
 
     /// The Winsock error number, as `WSAGetLastError` returns it on Windows.
+    #[must_use]
     pub const fn code(self) -> i32 {
         match self {
             ErrorKind::Fault => 10014,
@@ -79,6 +80,7 @@ impl ErrorKind {
     }
 
     /// The Winsock name of the code, such as `"WSAEINVAL"`.
+    #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
             ErrorKind::Fault => "WSAEFAULT",
@@ -95,6 +97,7 @@ impl ErrorKind {
     }
 
     /// The kind with this Winsock number, if sockshare has one.
+    #[must_use]
     pub fn from_code(code: i32) -> Option<ErrorKind> {
         ErrorKind::ALL.into_iter().find(|k| k.code() == code)
     }
@@ -153,6 +156,7 @@ impl Error {
     }
 
     /// Attaches the operating-system error behind this one.
+    #[must_use]
     pub fn with_source(mut self, source: io::Error) -> Error {
         self.source = Some(source);
         self

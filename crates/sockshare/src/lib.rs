@@ -40,14 +40,18 @@
 //! `OwnedSocket`. Items only one OS has are marked in their docs.
 
 #![warn(missing_docs)]
+// docs.rs (nightly) marks each OS-only item with the OS it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // A Channel is Linux's SCM_RIGHTS; Windows has no socket-carrying IPC to build it on.
 #[cfg(target_os = "linux")]
 mod channel;
 #[cfg(target_os = "linux")]
+#[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
 pub mod dispatch;
 mod error;
 pub mod info;
+mod layout;
 mod options;
 mod os;
 mod session;
@@ -63,6 +67,7 @@ pub mod fuzzing {
 }
 
 #[cfg(target_os = "linux")]
+#[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
 pub use channel::Channel;
 pub use error::{Error, ErrorKind, Result};
 pub use info::{ProtocolInfo, SocketKind, INFO_A_SIZE, INFO_W_SIZE};

@@ -38,6 +38,7 @@ pub enum Policy {
 impl Policy {
     /// Whether a source running as `source_uid` may push to a target running as
     /// `target_uid`.
+    #[must_use]
     pub fn allows(&self, source_uid: u32, target_uid: u32) -> bool {
         let same = source_uid == target_uid || source_uid == 0;
         match self {

@@ -39,6 +39,7 @@ pub struct SessionBuilder {
 
 impl SessionBuilder {
     /// Which sources may push sockets (default [`Policy::SameUser`]).
+    #[must_use]
     pub fn policy(mut self, policy: Policy) -> SessionBuilder {
         self.options.policy = policy;
         self
@@ -48,13 +49,19 @@ impl SessionBuilder {
     /// (default [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY), bounded by the descriptor limit; at least 1). A few
     /// hundred more can wait in the kernel's queue beyond it. A capacity set here is kept
     /// whatever the descriptor limit: size `RLIMIT_NOFILE` for it.
+    #[must_use]
     pub fn capacity(mut self, capacity: usize) -> SessionBuilder {
         self.options.capacity = Some(capacity.max(1));
         self
     }
 
     /// Starts the session. If one is already active in this process, joins it when its
-    /// settings are the same, and fails with `WSAEINVAL` when they differ.
+    /// settings are the same.
+    ///
+    /// # Errors
+    ///
+    /// `WSAEINVAL` when a session with other settings is active; `WSASYSNOTREADY` when the
+    /// session endpoint cannot be created.
     pub fn start(self) -> Result<Session> {
         Ok(Session {
             inner: sys::Session::start(Some(&self.options))?,
@@ -110,6 +117,7 @@ impl Session {
     }
 
     /// Settings for a session that differ from the defaults.
+    #[must_use]
     pub fn builder() -> SessionBuilder {
         SessionBuilder::default()
     }
@@ -157,7 +165,7 @@ impl Session {
     pub fn redeem(&self, info: &ProtocolInfo) -> Result<SharedSocket> {
         // The calling process, not the session's: in a forked child they differ.
         check_made_for(info.target_pid(), sys::current_pid())?;
-        let fd = self.inner.redeem(info)?;
+        let fd = self.inner.redeem(&info.0)?;
         Ok(SharedSocket::new(fd, info.kind()))
     }
 }
@@ -203,7 +211,7 @@ impl std::fmt::Debug for Session {
 #[doc(alias = "WSADuplicateSocket", alias = "WSADuplicateSocketW")]
 #[doc(alias = "WSADuplicateSocketA")]
 pub fn duplicate(socket: impl AsSock, target_pid: u32) -> Result<ProtocolInfo> {
-    sys::duplicate(os::borrow(&socket), target_pid)
+    sys::duplicate(os::borrow(&socket), target_pid).map(ProtocolInfo)
 }
 
 /// [`duplicate`] for many sockets at once: the infos come back in the order of `sockets`.
@@ -238,7 +246,8 @@ pub fn duplicate_many<S: AsSock>(sockets: &[S], target_pid: u32) -> Result<Vec<P
         .iter()
         .map(|&fd| sys::socket_kind(fd))
         .collect::<Result<Vec<_>>>()?;
-    sys::duplicate_many(&fds, &kinds, target_pid)
+    let infos = sys::duplicate_many(&fds, &kinds, target_pid)?;
+    Ok(infos.into_iter().map(ProtocolInfo).collect())
 }
 
 /// The id of the calling process, as [`duplicate`] expects it.

@@ -51,6 +51,7 @@ impl SharedSocket {
     /// The descriptor, for use with any API that takes one (Unix only; on Windows see
     /// `into_owned_socket`).
     #[cfg(unix)]
+    #[must_use]
     pub fn into_owned_fd(self) -> OwnedFd {
         self.fd
     }
@@ -133,6 +134,7 @@ pub struct KindMismatch {
 
 impl KindMismatch {
     /// The socket that did not convert.
+    #[must_use]
     pub fn into_socket(self) -> SharedSocket {
         self.socket
     }

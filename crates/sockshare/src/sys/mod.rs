@@ -55,16 +55,15 @@ mod linux;
 pub(crate) use linux::fuzzing;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::{
-    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Channel, Session,
+    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Channel, Info,
+    Session,
 };
 
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-pub use windows::ProtocolInfo;
-#[cfg(windows)]
 pub(crate) use windows::{
-    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Session,
+    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Info, Session,
 };
 
 #[cfg(not(any(target_os = "linux", windows)))]

@@ -74,9 +74,10 @@ use rustix::net::{
 };
 
 use super::batch::{self, set_peek_off, Batch, Meta};
+use super::Info;
 use super::{lock, os_error};
 use crate::error::{Error, ErrorKind, Result};
-use crate::info::{ProtocolInfo, SocketKind};
+use crate::layout::SocketKind;
 use crate::options::Policy;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SSHC");
@@ -247,14 +248,14 @@ impl Channel {
         }
     }
 
-    pub(crate) fn recv(&self) -> Result<(ProtocolInfo, OwnedFd)> {
+    pub(crate) fn recv(&self) -> Result<(Info, OwnedFd)> {
         let mut rx = lock(&self.rx);
         loop {
             match rx.peeked.pop_front() {
                 Some(Ok((kind, fd))) => match super::source::next_secret() {
                     Ok(token) => {
                         rx.handed += 1;
-                        let info = ProtocolInfo::for_share(kind, super::current_pid(), token);
+                        let info = Info::for_share(kind, super::current_pid(), token);
                         return Ok((info, fd));
                     }
                     // Keep the socket for the next `recv`, as when descriptors run out.

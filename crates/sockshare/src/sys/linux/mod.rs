@@ -53,6 +53,7 @@ macro_rules! syscall {
 mod batch;
 mod channel;
 mod fork;
+mod info;
 mod keeper;
 mod pending;
 mod source;
@@ -70,11 +71,12 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::info::SocketKind;
+use crate::layout::SocketKind;
 
 pub(crate) use channel::Channel;
 pub(crate) use fork::current_pid;
 use fork::install_fork_handlers;
+pub(crate) use info::Info;
 pub(crate) use source::{disconnect_all, duplicate, duplicate_many, probe};
 pub(crate) use target::Session;
 

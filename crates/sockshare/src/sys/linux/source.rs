@@ -17,12 +17,13 @@ use rustix::net::{
 };
 
 use super::wire::{self, Entry, Verdict};
+use super::Info;
 use super::{
     discover_endpoint, endpoint_address, lock, os_error, peer_alive, peer_cred, recv_with_sender,
     start_time, wait_ready, ENDPOINT_NAMES,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::info::{ProtocolInfo, SocketKind};
+use crate::layout::SocketKind;
 
 /// How long a new connection may wait for the target's session to answer; a target that
 /// does not (stopped, or too busy) gets a keeper instead (see `keeper`).
@@ -40,7 +41,7 @@ struct Link {
 }
 static LINKS: Mutex<Links> = Mutex::new(None);
 
-pub(crate) fn duplicate(fd: BorrowedFd<'_>, target_pid: u32) -> Result<ProtocolInfo> {
+pub(crate) fn duplicate(fd: BorrowedFd<'_>, target_pid: u32) -> Result<Info> {
     let kind = super::socket_kind(fd)?;
     let mut infos = Vec::with_capacity(1);
     push_chunk(&[fd], &[kind], target_pid, &mut infos)?;
@@ -55,7 +56,7 @@ pub(crate) fn duplicate_many(
     fds: &[BorrowedFd<'_>],
     kinds: &[SocketKind],
     target_pid: u32,
-) -> Result<Vec<ProtocolInfo>> {
+) -> Result<Vec<Info>> {
     let mut infos = Vec::with_capacity(fds.len());
     for (fds, kinds) in fds.chunks(wire::MAX_FDS).zip(kinds.chunks(wire::MAX_FDS)) {
         push_chunk(fds, kinds, target_pid, &mut infos)?;
@@ -69,7 +70,7 @@ fn push_chunk(
     fds: &[BorrowedFd<'_>],
     kinds: &[SocketKind],
     target_pid: u32,
-    infos: &mut Vec<ProtocolInfo>,
+    infos: &mut Vec<Info>,
 ) -> Result<()> {
     check_target(target_pid)?;
     let mut retried = false;
@@ -89,7 +90,7 @@ fn push_chunk(
         for (entry, &kind) in entries.iter_mut().zip(kinds) {
             entry.secret = next_secret()?;
             let token = wire::token_of(entry.secret);
-            infos.push(ProtocolInfo::for_share(kind, target_pid, token));
+            infos.push(Info::for_share(kind, target_pid, token));
         }
         match push(&link, &entries[..fds.len()], fds) {
             Ok(()) => return Ok(()),

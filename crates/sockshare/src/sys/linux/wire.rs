@@ -16,7 +16,7 @@
 //! read them from the kernel ([`pack_kind`]), so an info rewritten to another kind, with
 //! its CRC mended, no longer matches what was pushed (S21).
 
-use crate::info::SocketKind;
+use crate::layout::SocketKind;
 
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"SSHR");
 pub(super) const VERSION: u16 = 2;

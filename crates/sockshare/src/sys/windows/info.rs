@@ -14,22 +14,21 @@
 //! |---------------------:|-------|
 //! | 604 / 348 | magic `"sSW1"` (0x3157_5373): made by sockshare's `duplicate` |
 //! | 608 / 352 | the target process id (the `dwProcessId` of `WSADuplicateSocketW`) |
-//! | 612 / 356 | a random 64-bit nonce, unique to this duplication |
-//! | 620 / 364 | CRC-32 of the W form with this word zeroed |
+//! | 612 / 356 | a random 64-bit token, unique to this duplication |
+//! | 620 / 364 | the integrity tag: CRC-32 of the W form with this word zeroed |
 //! | 624 / 368 | zero |
 //!
 //! A C program can still hand these bytes to `WSASocketW` unchanged. `from_bytes`
 //! accepts only infos with a valid envelope (as on Linux, where it insists on sockshare's
-//! provider): the pid makes target binding checkable, the nonce single use, the CRC
+//! provider): the pid makes target binding checkable, the token single use, the CRC
 //! damage detection. The bytes of `szProtocol` between the name's NUL and the envelope
 //! are kept zero, so the A and W forms of one info are the same info.
 
 use std::fmt;
 
 use crate::error::Result;
-use crate::info::{
-    get_i32, get_u32, invalid, offset, put, SocketKind, INFO_A_SIZE, INFO_W_SIZE,
-    MAX_PROTOCOL_CHAIN,
+use crate::layout::{
+    get_u32, invalid, offset, put, Header, SocketKind, INFO_A_SIZE, INFO_W_SIZE, MAX_PROTOCOL_CHAIN,
 };
 
 /// Bytes of sockshare's envelope at the end of `szProtocol`.
@@ -37,8 +36,8 @@ const ENVELOPE_LEN: usize = 24;
 const MAGIC: u32 = 0x3157_5373; // "sSW1" in memory order
 const ENV_MAGIC: usize = 0;
 const ENV_PID: usize = 4;
-const ENV_NONCE: usize = 8;
-const ENV_CRC: usize = 16;
+const ENV_TOKEN: usize = 8;
+const ENV_TAG: usize = 16;
 const ENV_ZERO: usize = 20;
 
 /// Where the envelope starts in a form of `len` bytes.
@@ -78,40 +77,21 @@ fn name_string(units: impl Iterator<Item = u16>) -> String {
         .collect()
 }
 
-/// A protocol info: what a source's `duplicate` returns and a target turns into its own
-/// socket, once. It is plain bytes in the `WSAPROTOCOL_INFOW` layout
-/// ([`to_bytes_w`](Self::to_bytes_w)) or the `WSAPROTOCOL_INFOA` layout
-/// ([`to_bytes_a`](Self::to_bytes_a)); send either by any IPC and parse it with
-/// [`from_bytes`](Self::from_bytes), which accepts both and never panics.
-///
-/// On Windows it is the native info `WSADuplicateSocketW` wrote, every field unchanged
-/// ([`native_w`](Self::native_w)), plus sockshare's envelope (target pid, single-use
-/// nonce, CRC-32) after the provider name's NUL in `szProtocol`.
-///
-/// ```
-/// use sockshare::ProtocolInfo;
-/// // Untrusted bytes are checked, not trusted:
-/// let err = ProtocolInfo::from_bytes(&[0u8; 628]).unwrap_err();
-/// assert_eq!(err.kind(), sockshare::ErrorKind::Invalid);
-/// assert!(ProtocolInfo::from_bytes(b"short").is_err());
-/// ```
-#[doc(alias = "WSAPROTOCOL_INFOW", alias = "WSAPROTOCOL_INFOA")]
+/// A protocol info on Windows: the native info `WSADuplicateSocketW` wrote, every field
+/// unchanged, plus sockshare's envelope (target pid, single-use token, integrity tag)
+/// after the provider name's NUL in `szProtocol`. The portable `ProtocolInfo` wraps it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ProtocolInfo {
+pub(crate) struct Info {
     /// The W form as the provider wrote it, `szProtocol` zeroed after the name's NUL.
     native: [u8; INFO_W_SIZE],
     name: String,
     target_pid: u32,
-    nonce: u64,
+    token: u64,
 }
 
-impl ProtocolInfo {
+impl Info {
     /// Wraps the info `WSADuplicateSocketW` wrote for `target_pid`.
-    pub(crate) fn wrap(
-        mut native: [u8; INFO_W_SIZE],
-        target_pid: u32,
-        nonce: u64,
-    ) -> Result<ProtocolInfo> {
+    pub(crate) fn wrap(mut native: [u8; INFO_W_SIZE], target_pid: u32, token: u64) -> Result<Info> {
         let area = &native[offset::SZ_PROTOCOL..];
         let len = name_units(area, true)
             .position(|u| u == 0)
@@ -127,11 +107,11 @@ impl ProtocolInfo {
         }
         let name = name_string(name_units(area, true).take(len));
         native[offset::SZ_PROTOCOL + 2 * len..].fill(0);
-        Ok(ProtocolInfo {
+        Ok(Info {
             native,
             name,
             target_pid,
-            nonce,
+            token,
         })
     }
 
@@ -142,7 +122,7 @@ impl ProtocolInfo {
     /// integrity check does not match. Passing the check means only that the bytes were
     /// not damaged: whether the info is for this process and still unused is decided when
     /// it is redeemed.
-    pub fn from_bytes(bytes: &[u8]) -> Result<ProtocolInfo> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Info> {
         let wide = match bytes.len() {
             INFO_W_SIZE => true,
             INFO_A_SIZE => false,
@@ -174,14 +154,14 @@ impl ProtocolInfo {
         let mut native = [0u8; INFO_W_SIZE];
         native[..offset::SZ_PROTOCOL].copy_from_slice(&bytes[..offset::SZ_PROTOCOL]);
         put_name_w(&mut native, units().take(len));
-        let info = ProtocolInfo {
+        let info = Info {
             native,
             name: name_string(units().take(len)),
             target_pid: get_u32(env, ENV_PID),
-            nonce: u64::from(get_u32(env, ENV_NONCE))
-                | u64::from(get_u32(env, ENV_NONCE + 4)) << 32,
+            token: u64::from(get_u32(env, ENV_TOKEN))
+                | u64::from(get_u32(env, ENV_TOKEN + 4)) << 32,
         };
-        if info.compute_crc() != get_u32(env, ENV_CRC) {
+        if info.compute_tag() != get_u32(env, ENV_TAG) {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
             ));
@@ -192,14 +172,14 @@ impl ProtocolInfo {
     /// The info in the `WSAPROTOCOL_INFOW` layout (628 bytes, UTF-16 `szProtocol`): the
     /// native info with sockshare's envelope after the name.
     #[must_use]
-    pub fn to_bytes_w(&self) -> [u8; INFO_W_SIZE] {
-        self.w_form(self.compute_crc())
+    pub(crate) fn to_bytes_w(&self) -> [u8; INFO_W_SIZE] {
+        self.w_form(self.compute_tag())
     }
 
     /// The info in the `WSAPROTOCOL_INFOA` layout (372 bytes, 8-bit `szProtocol`; a
     /// character outside ASCII becomes `?`, and such an info does not parse back).
     #[must_use]
-    pub fn to_bytes_a(&self) -> [u8; INFO_A_SIZE] {
+    pub(crate) fn to_bytes_a(&self) -> [u8; INFO_A_SIZE] {
         let mut b = [0u8; INFO_A_SIZE];
         b[..offset::SZ_PROTOCOL].copy_from_slice(&self.native[..offset::SZ_PROTOCOL]);
         for (i, c) in self.name.chars().enumerate() {
@@ -209,156 +189,108 @@ impl ProtocolInfo {
                 b'?'
             };
         }
-        let crc = self.compute_crc();
+        let tag = self.compute_tag();
         let env = &mut b[envelope_at(INFO_A_SIZE)..];
-        self.write_envelope(env, crc);
+        self.write_envelope(env, tag);
         b
     }
 
-    fn write_envelope(&self, env: &mut [u8], crc: u32) {
+    fn write_envelope(&self, env: &mut [u8], tag: u32) {
         put(env, ENV_MAGIC, MAGIC);
         put(env, ENV_PID, self.target_pid);
-        put(env, ENV_NONCE, self.nonce as u32);
-        put(env, ENV_NONCE + 4, (self.nonce >> 32) as u32);
-        put(env, ENV_CRC, crc);
+        put(env, ENV_TOKEN, self.token as u32);
+        put(env, ENV_TOKEN + 4, (self.token >> 32) as u32);
+        put(env, ENV_TAG, tag);
         put(env, ENV_ZERO, 0);
     }
 
-    /// The W form, its envelope carrying `crc`.
-    fn w_form(&self, crc: u32) -> [u8; INFO_W_SIZE] {
+    /// The W form, its envelope carrying `tag`.
+    fn w_form(&self, tag: u32) -> [u8; INFO_W_SIZE] {
         let mut b = self.native;
-        self.write_envelope(&mut b[envelope_at(INFO_W_SIZE)..], crc);
+        self.write_envelope(&mut b[envelope_at(INFO_W_SIZE)..], tag);
         b
     }
 
-    /// CRC-32 of the W form with the CRC word zeroed: the A and W forms share it.
-    fn compute_crc(&self) -> u32 {
+    /// The integrity tag: CRC-32 of the W form with the tag's word zeroed (the A and W
+    /// forms share it).
+    fn compute_tag(&self) -> u32 {
         crc32fast::hash(&self.w_form(0))
     }
 
-    /// The native `WSAPROTOCOL_INFOW` bytes exactly as `WSADuplicateSocketW` wrote them
-    /// (without sockshare's envelope; `szProtocol` zero after the name), which is what
-    /// `WSASocketW(FROM_PROTOCOL_INFO)` receives. Windows only.
-    #[cfg(windows)]
-    #[must_use]
-    pub fn native_w(&self) -> &[u8; INFO_W_SIZE] {
+    /// The native info, as `WSASocketW` takes it.
+    pub(crate) fn native(&self) -> &[u8; INFO_W_SIZE] {
         &self.native
     }
 
-    /// `ProviderId`: the GUID of the Windows provider that made the info, in memory
-    /// order. Windows only.
-    #[cfg(windows)]
-    #[must_use]
-    pub fn provider_id(&self) -> [u8; 16] {
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&self.native[offset::PROVIDER_ID..offset::PROVIDER_ID + 16]);
-        id
-    }
-
-    /// The single-use nonce sockshare's envelope carries.
-    pub(crate) fn nonce(&self) -> u64 {
-        self.nonce
+    /// The single-use token sockshare's envelope carries.
+    pub(crate) fn token(&self) -> u64 {
+        self.token
     }
 
     /// The process the info was made for (the `dwProcessId` given to
     /// `WSADuplicateSocketW`, kept in sockshare's envelope).
-    #[must_use]
-    pub fn target_pid(&self) -> u32 {
+    pub(crate) fn target_pid(&self) -> u32 {
         self.target_pid
     }
 
     /// Family, type and protocol of the shared socket.
-    #[must_use]
-    pub fn kind(&self) -> SocketKind {
-        SocketKind::new(self.address_family(), self.socket_type(), self.protocol())
+    pub(crate) fn kind(&self) -> SocketKind {
+        self.header().kind
     }
 
-    /// `iAddressFamily`.
-    #[must_use]
-    pub fn address_family(&self) -> i32 {
-        get_i32(&self.native, offset::ADDRESS_FAMILY)
-    }
-
-    /// `iSocketType`.
-    #[must_use]
-    pub fn socket_type(&self) -> i32 {
-        get_i32(&self.native, offset::SOCKET_TYPE)
-    }
-
-    /// `iProtocol`.
-    #[must_use]
-    pub fn protocol(&self) -> i32 {
-        get_i32(&self.native, offset::PROTOCOL)
-    }
-
-    /// `dwServiceFlags1`: the `XP1_*` flags.
-    #[must_use]
-    pub fn service_flags(&self) -> u32 {
-        get_u32(&self.native, offset::SERVICE_FLAGS1)
-    }
-
-    /// `dwProviderFlags`: the `PFL_*` flags.
-    #[must_use]
-    pub fn provider_flags(&self) -> u32 {
-        get_u32(&self.native, offset::PROVIDER_FLAGS)
-    }
-
-    /// `dwCatalogEntryId`.
-    #[must_use]
-    pub fn catalog_entry_id(&self) -> u32 {
-        get_u32(&self.native, offset::CATALOG_ENTRY_ID)
-    }
-
-    /// `ProtocolChain.ChainLen`.
-    #[must_use]
-    pub fn chain_len(&self) -> i32 {
-        get_i32(&self.native, offset::PROTOCOL_CHAIN)
-    }
-
-    /// `iVersion`.
-    #[must_use]
-    pub fn version(&self) -> i32 {
-        get_i32(&self.native, offset::VERSION)
-    }
-
-    /// `iMinSockAddr` and `iMaxSockAddr`.
-    #[must_use]
-    pub fn sockaddr_range(&self) -> (i32, i32) {
-        (
-            get_i32(&self.native, offset::MIN_SOCKADDR),
-            get_i32(&self.native, offset::MAX_SOCKADDR),
-        )
-    }
-
-    /// `dwMessageSize`.
-    #[must_use]
-    pub fn message_size(&self) -> u32 {
-        get_u32(&self.native, offset::MESSAGE_SIZE)
+    /// The fields every representation has, read from the native info.
+    pub(crate) fn header(&self) -> Header {
+        Header::read(&self.native)
     }
 
     /// `szProtocol`: the provider's name for the protocol.
-    #[must_use]
-    pub fn protocol_name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 }
 
-impl fmt::Debug for ProtocolInfo {
+/// Windows only API.
+impl crate::info::ProtocolInfo {
+    /// The native `WSAPROTOCOL_INFOW` bytes exactly as `WSADuplicateSocketW` wrote them
+    /// (without sockshare's envelope; `szProtocol` zero after the name), which is what
+    /// `WSASocketW(FROM_PROTOCOL_INFO)` receives.
+    #[cfg_attr(docsrs, doc(cfg(windows)))]
+    #[must_use]
+    pub fn native_w(&self) -> &[u8; INFO_W_SIZE] {
+        &self.0.native
+    }
+
+    /// `ProviderId`: the GUID of the Windows provider that made the info, in memory
+    /// order.
+    #[cfg_attr(docsrs, doc(cfg(windows)))]
+    #[must_use]
+    pub fn provider_id(&self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.0.native[offset::PROVIDER_ID..offset::PROVIDER_ID + 16]);
+        id
+    }
+}
+
+impl fmt::Debug for Info {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let chain: Vec<u32> = (0..MAX_PROTOCOL_CHAIN)
             .map(|i| get_u32(&self.native, offset::PROTOCOL_CHAIN + 4 + 4 * i))
             .collect();
+        let header = self.header();
         f.debug_struct("ProtocolInfo")
             .field("target_pid", &self.target_pid)
-            .field("kind", &self.kind())
+            .field("kind", &header.kind)
             .field("name", &self.name)
             .field(
                 "service_flags",
-                &format_args!("{:#x}", self.service_flags()),
+                &format_args!("{:#x}", header.service_flags1),
             )
-            .field("provider_id", &self.provider_id())
-            .field("catalog_entry_id", &self.catalog_entry_id())
-            .field("chain", &(self.chain_len(), chain))
+            .field(
+                "provider_id",
+                &&self.native[offset::PROVIDER_ID..offset::PROVIDER_ID + 16],
+            )
+            .field("catalog_entry_id", &header.catalog_entry_id)
+            .field("chain", &(header.chain_len, chain))
             .finish_non_exhaustive()
     }
 }
@@ -368,7 +300,7 @@ mod tests {
     use super::*;
     use crate::ErrorKind;
 
-    fn sample() -> ProtocolInfo {
+    fn sample() -> Info {
         let mut native = [0u8; INFO_W_SIZE];
         put(&mut native, offset::SERVICE_FLAGS1, 0x20066);
         put(&mut native, offset::SERVICE_FLAGS3, 0x1234); // a provider's handle value
@@ -378,24 +310,24 @@ mod tests {
         put(&mut native, offset::PROTOCOL, 6);
         put(&mut native, offset::PROVIDER_RESERVED, 0xdead_beef);
         put_name_w(&mut native, "MSAFD Tcpip [TCP/IP]".encode_utf16());
-        ProtocolInfo::wrap(native, 4242, 0x0102_0304_0506_0708).unwrap()
+        Info::wrap(native, 4242, 0x0102_0304_0506_0708).unwrap()
     }
 
     #[test]
     fn native_fields_are_carried_unchanged_in_both_forms() {
         let info = sample();
         let w = info.to_bytes_w();
-        assert_eq!(&w[..604], &info.native_w()[..604]);
+        assert_eq!(&w[..604], &info.native()[..604]);
         assert_eq!(get_u32(&w, offset::SERVICE_FLAGS3), 0x1234);
         assert_eq!(get_u32(&w, offset::PROVIDER_RESERVED), 0xdead_beef);
         assert_eq!(get_u32(&w, 608), 4242);
-        let back = ProtocolInfo::from_bytes(&w).unwrap();
+        let back = Info::from_bytes(&w).unwrap();
         assert_eq!(back, info);
         let a = info.to_bytes_a();
         assert_eq!(&a[..offset::SZ_PROTOCOL], &w[..offset::SZ_PROTOCOL]);
         assert_eq!(&a[116..136], b"MSAFD Tcpip [TCP/IP]");
-        assert_eq!(ProtocolInfo::from_bytes(&a).unwrap(), info);
-        assert_eq!(info.protocol_name(), "MSAFD Tcpip [TCP/IP]");
+        assert_eq!(Info::from_bytes(&a).unwrap(), info);
+        assert_eq!(info.name(), "MSAFD Tcpip [TCP/IP]");
         assert!(info.kind().is_tcp());
         assert_eq!(info.target_pid(), 4242);
     }
@@ -407,7 +339,7 @@ mod tests {
             let mut bad = w;
             bad[at] ^= 0x01;
             assert_eq!(
-                ProtocolInfo::from_bytes(&bad).unwrap_err().kind(),
+                Info::from_bytes(&bad).unwrap_err().kind(),
                 ErrorKind::Invalid,
                 "byte {at}"
             );
@@ -416,15 +348,15 @@ mod tests {
         for at in 0..INFO_A_SIZE {
             let mut bad = a;
             bad[at] ^= 0x01;
-            assert!(ProtocolInfo::from_bytes(&bad).is_err(), "A byte {at}");
+            assert!(Info::from_bytes(&bad).is_err(), "A byte {at}");
         }
     }
 
     #[test]
     fn infos_without_envelope_are_refused() {
-        let native = *sample().native_w();
-        assert!(ProtocolInfo::from_bytes(&native).is_err());
-        assert!(ProtocolInfo::from_bytes(&[0u8; INFO_A_SIZE]).is_err());
-        assert!(ProtocolInfo::from_bytes(&[0u8; 5]).is_err());
+        let native = *sample().native();
+        assert!(Info::from_bytes(&native).is_err());
+        assert!(Info::from_bytes(&[0u8; INFO_A_SIZE]).is_err());
+        assert!(Info::from_bytes(&[0u8; 5]).is_err());
     }
 }

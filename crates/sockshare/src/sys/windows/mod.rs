@@ -31,7 +31,7 @@
 
 mod info;
 
-pub use info::ProtocolInfo;
+pub(crate) use info::Info;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
@@ -46,7 +46,7 @@ use windows_sys::Win32::Networking::WinSock as ws;
 use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::info::{SocketKind, INFO_W_SIZE};
+use crate::layout::{SocketKind, INFO_W_SIZE};
 use crate::options::SessionOptions;
 
 /// The id of the calling process.
@@ -162,10 +162,7 @@ fn nonce() -> u64 {
 }
 
 /// `WSADuplicateSocketW(socket, target_pid)`, wrapped with sockshare's envelope.
-pub(crate) fn duplicate(
-    socket: BorrowedSocket<'_>,
-    target_pid: u32,
-) -> Result<crate::info::ProtocolInfo> {
+pub(crate) fn duplicate(socket: BorrowedSocket<'_>, target_pid: u32) -> Result<Info> {
     startup();
     // SAFETY: plain data, filled by the call.
     let mut info: ws::WSAPROTOCOL_INFOW = unsafe { std::mem::zeroed() };
@@ -184,7 +181,7 @@ pub(crate) fn duplicate(
         socket_kind(socket)?;
         return Err(error);
     }
-    ProtocolInfo::wrap(to_bytes(&info), target_pid, nonce())
+    Info::wrap(to_bytes(&info), target_pid, nonce())
 }
 
 /// `duplicate` for each socket in turn: Windows has no batch call. On an error the infos
@@ -194,7 +191,7 @@ pub(crate) fn duplicate_many(
     sockets: &[BorrowedSocket<'_>],
     _kinds: &[SocketKind],
     target_pid: u32,
-) -> Result<Vec<crate::info::ProtocolInfo>> {
+) -> Result<Vec<Info>> {
     sockets.iter().map(|&s| duplicate(s, target_pid)).collect()
 }
 
@@ -272,17 +269,17 @@ impl Session {
 
     /// `WSASocketW(FROM_PROTOCOL_INFO, ..., WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)`
     /// after sockshare's checks of target and single use.
-    pub(crate) fn redeem(&self, info: &crate::info::ProtocolInfo) -> Result<OwnedSocket> {
+    pub(crate) fn redeem(&self, info: &Info) -> Result<OwnedSocket> {
         // Held across WSASocketW, so two threads cannot both redeem one info.
         let mut redeemed = REDEEMED.lock().unwrap_or_else(|e| e.into_inner());
         let redeemed = redeemed.get_or_insert_with(HashSet::new);
-        if redeemed.contains(&info.nonce()) {
+        if redeemed.contains(&info.token()) {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "this protocol info was already used: an info works once",
             ));
         }
-        let native = from_bytes(info.native_w());
+        let native = from_bytes(info.native());
         // SAFETY: `native` is a valid WSAPROTOCOL_INFOW that lives across the call; the
         // provider reads it and returns a new socket handle owned by this process, or
         // INVALID_SOCKET.
@@ -307,7 +304,7 @@ impl Session {
                 })
             }));
         }
-        redeemed.insert(info.nonce());
+        redeemed.insert(info.token());
         // SAFETY: WSASocketW returned a valid socket that nothing else owns.
         let socket = unsafe { OwnedSocket::from_raw_socket(raw as _) };
         // Not every provider honours WSA_FLAG_NO_HANDLE_INHERIT on this path (Wine

@@ -29,12 +29,12 @@ use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 use super::batch::{self, Batch, Meta};
 use super::pending::{Altered, Table};
 use super::wire::{self, Verdict};
+use super::Info;
 use super::{
     endpoint_address, keeper_address, lock, os_error, peer_cred, start_time, ENDPOINT_NAMES,
     KEEPER_NAMES,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::info::ProtocolInfo;
 use crate::options::{Policy, SessionOptions, DEFAULT_CAPACITY};
 
 mod drain;
@@ -238,7 +238,7 @@ impl Session {
         lock(&self.endpoint.inner).capacity
     }
 
-    pub(crate) fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd> {
+    pub(crate) fn redeem(&self, info: &Info) -> Result<OwnedFd> {
         let ep = &*self.endpoint;
         let token = info.token();
         let kind = wire::pack_kind(info.kind()).ok_or_else(nothing_pending)?;
