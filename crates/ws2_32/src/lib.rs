@@ -46,7 +46,8 @@
 //! library, it would run under `fork` but not under `_Fork`, and one registered before
 //! the core's would run its prepare step after the core's (glibc runs prepare steps in
 //! reverse order of registration), inverting the lock order above. The core's handlers
-//! (`crates/sockshare/src/sys/linux/mod.rs`) take only the core's locks: a thread that
+//! (`crates/sockshare/src/sys/linux/fork.rs`, which gives the lock order of the whole
+//! project) take only the core's locks: a thread that
 //! holds the C lock and waits for one of them while another thread forks just waits
 //! until the fork returns, and the forking thread waits for nothing of the C layer, so
 //! the two cannot deadlock.
@@ -69,7 +70,7 @@ mod last_error;
 pub mod types;
 
 use std::ffi::{c_int, c_long, c_ulong};
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -219,10 +220,14 @@ fn started() -> Result<(), i32> {
     require_started(&*state()?).map(drop)
 }
 
-/// The Winsock code for the `errno` of a system call this library made that failed
-/// outside the sharing machinery; `WSAENETDOWN` for one Winsock has no code for.
-fn os_failure() -> i32 {
-    wsa_from_errno(errno()).unwrap_or(WSAENETDOWN)
+/// The Winsock code for the `errno` of a system call this library made (through rustix or
+/// socket2, which return it) that failed outside the sharing machinery; `WSAENETDOWN` for
+/// one Winsock has no code for.
+fn failure(e: impl Into<std::io::Error>) -> i32 {
+    e.into()
+        .raw_os_error()
+        .and_then(wsa_from_errno)
+        .unwrap_or(WSAENETDOWN)
 }
 
 /// The descriptor number in a `SOCKET`: values that are none (`INVALID_SOCKET`, anything
@@ -237,30 +242,15 @@ fn socket_fd(s: SOCKET) -> Result<RawFd, i32> {
     cookie(fd).map(|_| fd)
 }
 
-/// The socket cookie of descriptor `fd`: the kernel's number for the socket, unique for
-/// the life of the system (never reused, never 0), so it tells the socket `WSASocket`
-/// returned from any later occupant of its number. It also answers whether `fd` is an
-/// open socket (`EBADF`, `ENOTSOCK`), in the same one system call.
+/// The socket cookie of descriptor `fd` (`getsockopt(SO_COOKIE)`): the kernel's number
+/// for the socket, unique for the life of the system (never reused, never 0), so it tells
+/// the socket `WSASocket` returned from any later occupant of its number. It also answers
+/// whether `fd` is an open socket (`EBADF`, `ENOTSOCK`), in the same one system call.
 fn cookie(fd: RawFd) -> Result<u64, i32> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` and `len` are valid for writes of their sizes; getsockopt on any
-    // int, open or not, only reads the kernel's table (EBADF or ENOTSOCK when it is not a
-    // socket) and, the first time, gives the socket its cookie.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(os_failure())
-    }
+    // SAFETY: the number is only read by the kernel for the call, which fails with EBADF
+    // or ENOTSOCK when it is not an open socket; nothing is closed or kept.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::net::sockopt::socket_cookie(fd).map_err(failure)
 }
 
 /// The body of `WSADuplicateSocketA`/`W`: `T` is the info struct, `N` its size, and
@@ -392,10 +382,7 @@ unsafe fn create_socket<T, const N: usize>(
                 if inherit {
                     // The core hands out close-on-exec descriptors; Windows' handles are
                     // inheritable unless WSA_FLAG_NO_HANDLE_INHERIT is given.
-                    // SAFETY: `fd` is an open descriptor this function owns.
-                    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-                        return Err(os_failure());
-                    }
+                    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(failure)?;
                 }
                 fd.into_raw_fd()
             }
@@ -404,13 +391,12 @@ unsafe fn create_socket<T, const N: usize>(
                     return Err(WSAEINVAL);
                 }
                 let ty = if inherit { ty } else { ty | libc::SOCK_CLOEXEC };
-                // SAFETY: socket takes plain integers; the descriptor it returns is owned
-                // by the caller through the SOCKET.
-                let fd = unsafe { libc::socket(af, ty, protocol) };
-                if fd < 0 {
-                    return Err(os_failure());
-                }
-                fd
+                // socket(af, type, protocol) as given, flags included; the caller owns the
+                // descriptor through the SOCKET.
+                let protocol = (protocol != 0).then(|| socket2::Protocol::from(protocol));
+                socket2::Socket::new_raw(af.into(), ty.into(), protocol)
+                    .map_err(failure)?
+                    .into_raw_fd()
             }
         };
         // A socket without a cookie (a kernel before 4.12) is not tracked: WSACleanup
@@ -526,24 +512,18 @@ pub unsafe extern "C" fn ioctlsocket(s: SOCKET, cmd: c_long, argp: *mut c_ulong)
         if argp.is_null() {
             return Err(WSAEFAULT);
         }
-        let mut value: c_int = 0;
+        // SAFETY: `socket_fd` found the number an open socket; it is only used for the
+        // call, and the program, which owns it, cannot close it during this call without
+        // racing itself.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         if fionbio {
             // SAFETY: the caller guarantees `argp` is readable.
-            value = c_int::from(unsafe { argp.read_unaligned() } != 0);
-        }
-        let request = if fionbio {
-            libc::FIONBIO
+            let on = unsafe { argp.read_unaligned() } != 0;
+            rustix::io::ioctl_fionbio(fd, on).map_err(failure)?;
         } else {
-            libc::FIONREAD
-        };
-        // SAFETY: FIONBIO reads and FIONREAD writes one int at the pointer, which is a
-        // valid local `c_int`; `fd` is a descriptor number the kernel checks.
-        if unsafe { libc::ioctl(fd, request, &mut value as *mut c_int) } != 0 {
-            return Err(os_failure());
-        }
-        if fionread {
+            let readable = rustix::io::ioctl_fionread(fd).map_err(failure)?;
             // SAFETY: the caller guarantees `argp` is writable.
-            unsafe { argp.write_unaligned(value.max(0) as c_ulong) };
+            unsafe { argp.write_unaligned(readable as c_ulong) };
         }
         Ok(())
     }))
