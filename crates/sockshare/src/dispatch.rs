@@ -1,6 +1,6 @@
 //! The worker's side of `sockshare serve --dispatch`: one process accepts, workers serve.
 //!
-//! Serve accepts each connection and hands it to one worker with [`duplicate`]: the
+//! Serve accepts each connection and hands it to one worker with [`duplicate`](crate::duplicate): the
 //! socket is in the worker's session from then on, and serve sends the worker the info,
 //! with a sequence number, over a channel the worker inherited. The worker redeems the
 //! info, tells serve it has *taken* that connection (serve then drops its own reference),

@@ -42,11 +42,17 @@
 #![warn(missing_docs)]
 // docs.rs (nightly) marks each OS-only item with the OS it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The shell backend (systems without one) uses none of the helpers the real backends
+// share (byte layout accessors, session option checks).
+#![cfg_attr(
+    any(sockshare_shell, not(any(target_os = "linux", windows))),
+    allow(dead_code)
+)]
 
 // A Channel is Linux's SCM_RIGHTS; Windows has no socket-carrying IPC to build it on.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
 mod channel;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
 #[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
 pub mod dispatch;
 mod error;
@@ -66,7 +72,7 @@ pub mod fuzzing {
     pub use crate::sys::fuzzing::*;
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
 #[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
 pub use channel::Channel;
 pub use error::{Error, ErrorKind, Result};

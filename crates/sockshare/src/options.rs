@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// The default, [`Policy::SameUser`], is Windows' rule for `PROCESS_DUP_HANDLE`: a source
 /// running as the target's user, or as root. A refused source gets
-/// [`ErrorKind::Invalid`](ErrorKind::Invalid) from [`duplicate`]; anything it sent
+/// [`ErrorKind::Invalid`](ErrorKind::Invalid) from [`duplicate`](crate::duplicate); anything it sent
 /// is closed.
 ///
 /// On Windows the operating system decides instead: `WSADuplicateSocketW` opens the target

@@ -4,9 +4,14 @@
 //! [`SharedSocket`](crate::SharedSocket)) makes exactly one call into the backend per public
 //! operation. A backend provides:
 //!
+//! - `struct Info`: this OS's representation of a protocol info, which the public
+//!   `ProtocolInfo` wraps: `from_bytes` (both forms, untrusted), `to_bytes_w`, `to_bytes_a`,
+//!   `target_pid`, `kind`, `header` (the fields every representation has, from which the
+//!   public getters are written once) and `name`. OS-only methods of `ProtocolInfo` live in
+//!   an `impl` block in the backend, marked as such in the docs.
 //! - `fn socket_kind(fd) -> Result<SocketKind>`: family, type and protocol of an open socket;
 //!   `ErrorKind::NotSocket` for anything else (a file, a closed descriptor).
-//! - `fn duplicate(fd, target_pid) -> Result<ProtocolInfo>`: `NotSocket` first, as
+//! - `fn duplicate(fd, target_pid) -> Result<Info>`: `NotSocket` first, as
 //!   `socket_kind` (the backend reads the kind itself: Windows' `WSADuplicateSocketW`
 //!   does, and a second look would cost the handoff a system call); when it returns `Ok`, the
 //!   target's session holds its own reference to the socket (the caller may close `fd` or exit
@@ -18,7 +23,7 @@
 //!   `WSAStartup`/`WSACleanup`:
 //!   - `Session::start(Option<&SessionOptions>) -> Result<Session>`: starts this process's
 //!     session, or joins the running one (`None`: whatever runs; `Some` must match it);
-//!   - `redeem(&ProtocolInfo) -> Result<OwnedFd>`: the descriptor (close-on-exec), once per info;
+//!   - `redeem(&Info) -> Result<OwnedFd>`: the descriptor (close-on-exec), once per info;
 //!     `Invalid` for a used, foreign or altered info (no descriptor is created);
 //!     `TooManyDescriptors` when the process is out of descriptors (the info stays valid);
 //!   - `pid()`, `pending()`, `options()`, `capacity()` (the capacity in force);
@@ -26,7 +31,7 @@
 //! - `fn current_pid() -> u32`.
 //! - `fn disconnect_all()`: closes whatever a source keeps open to reach targets (the next
 //!   `duplicate` reopens it).
-//! - `fn duplicate_many(fds, kinds, target_pid) -> Result<Vec<ProtocolInfo>>`: `duplicate`
+//! - `fn duplicate_many(fds, kinds, target_pid) -> Result<Vec<Info>>`: `duplicate`
 //!   for many sockets, in as few kernel messages as the OS allows; each message is
 //!   all-or-nothing, and on an error the infos of earlier messages are not returned (their
 //!   sockets stay pending until the target's session ends).
@@ -34,7 +39,7 @@
 //!   the info made for the receiving process: `pair()`,
 //!   `adopt(OwnedFd) -> (Channel, Result<()>)` (this process now holds the end; the
 //!   channel comes back even when taking it up failed, with that failure), `into_fd()`, `as_fd()`, `send(fd, kind)`,
-//!   `recv() -> (ProtocolInfo, OwnedFd)`; `recv` checks the sender against the default
+//!   `recv() -> (Info, OwnedFd)`; `recv` checks the sender against the default
 //!   policy (`Invalid`), and never loses a socket to a full descriptor table
 //!   (`TooManyDescriptors`, the socket stays queued).
 //! - `fn probe(target_pid) -> Result<()>`: the target checks of `duplicate` (`Invalid` as
@@ -48,12 +53,14 @@
 //! say which rows of docs/semantics.md Windows itself keeps and which sockshare adds).
 //! Items only one OS has (a `Channel`, `fuzzing`) are `cfg`'d to it. macOS comes later
 //! behind this same contract.
+//! Every other system gets `shell`, whose operations all fail with "unsupported" (mio's
+//! idea), so the portable core compiles everywhere.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
 mod linux;
-#[cfg(all(target_os = "linux", feature = "fuzzing"))]
+#[cfg(all(target_os = "linux", not(sockshare_shell), feature = "fuzzing"))]
 pub(crate) use linux::fuzzing;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
 pub(crate) use linux::{
     current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Channel, Info,
     Session,
@@ -66,5 +73,11 @@ pub(crate) use windows::{
     current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Info, Session,
 };
 
-#[cfg(not(any(target_os = "linux", windows)))]
-compile_error!("sockshare has backends for Linux and Windows only so far");
+// Elsewhere (and on Linux with `--cfg sockshare_shell`, how CI type-checks it): every
+// operation fails with "unsupported".
+#[cfg(any(sockshare_shell, not(any(target_os = "linux", windows))))]
+mod shell;
+#[cfg(any(sockshare_shell, not(any(target_os = "linux", windows))))]
+pub(crate) use shell::{
+    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Info, Session,
+};
