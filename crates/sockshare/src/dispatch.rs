@@ -38,7 +38,9 @@
 //!   number (1, 2, ... per worker), `u32` listener index, `u32` zero, then the 372-byte
 //!   `WSAPROTOCOL_INFOA` to give `WSASocketA` (or [`ProtocolInfo::from_bytes`]).
 //! - Worker to serve ([`REPORT_SIZE`] bytes): `u64` the sequence number just taken (0 for
-//!   none), `u64` how many connections the worker has finished so far.
+//!   none), `u64` how many connections the worker has finished so far. A worker sends one
+//!   when it takes a connection (the done count riding along), and one with the done count
+//!   alone before it waits for the next connection.
 //! - The end of the channel (a read of 0 bytes) means: finish what you hold and exit.
 //!
 //! A worker reports a connection taken right after redeeming it, before any I/O on it: a
@@ -50,7 +52,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::info::INFO_A_SIZE;
@@ -136,13 +138,45 @@ impl Report {
 struct Shared {
     channel: OwnedFd,
     done: AtomicU64,
+    /// A connection was done since the last report: the next report says so. A busy
+    /// worker's done count rides on its next "taken" report; one that waits for work
+    /// sends it before waiting. So a handoff costs the worker one report, not two.
+    unreported: AtomicBool,
 }
 
 impl Shared {
-    fn report(&self, taken: u64, done: u64) -> io::Result<()> {
+    /// Reports `taken` (0 for none) with the done count.
+    fn report(&self, taken: u64) -> io::Result<()> {
+        // Cleared before the count is read: a connection dropped meanwhile sets it again.
+        self.unreported.store(false, Ordering::Release);
+        let done = self.done.load(Ordering::Acquire);
         let bytes = Report { taken, done }.to_bytes();
         rustix::net::send(&self.channel, &bytes, rustix::net::SendFlags::NOSIGNAL)?;
         Ok(())
+    }
+
+    /// Sends the done count if a connection was done since the last report.
+    fn flush_done(&self) -> io::Result<()> {
+        if self.unreported.load(Ordering::Acquire) {
+            self.report(0)?;
+        }
+        Ok(())
+    }
+
+    /// The next record, without waiting; `None` when none is queued yet.
+    fn try_read(&self, record: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            match rustix::net::recv(
+                &self.channel,
+                &mut *record,
+                rustix::net::RecvFlags::DONTWAIT,
+            ) {
+                Ok((n, _)) => return Ok(Some(n)),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -204,6 +238,7 @@ impl Worker {
             shared: Arc::new(Shared {
                 channel,
                 done: AtomicU64::new(0),
+                unreported: AtomicBool::new(false),
             }),
             names: names
                 .split(':')
@@ -237,10 +272,17 @@ impl Worker {
     /// A damaged record, an info this worker's session refuses, or the channel's error.
     pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
         let mut record = [0u8; HAND_SIZE + 1];
-        let n = loop {
-            match rustix::io::read(&self.shared.channel, &mut record) {
-                Err(rustix::io::Errno::INTR) => continue,
-                other => break other?,
+        let n = match self.shared.try_read(&mut record)? {
+            Some(n) => n,
+            None => {
+                // About to wait: serve learns now of the connections done meanwhile.
+                self.shared.flush_done()?;
+                loop {
+                    match rustix::io::read(&self.shared.channel, &mut record) {
+                        Err(rustix::io::Errno::INTR) => continue,
+                        other => break other?,
+                    }
+                }
             }
         };
         self.take(&record[..n])
@@ -272,8 +314,7 @@ impl Worker {
             ));
         };
         // Before the caller can do any I/O on it (see the module docs).
-        self.shared
-            .report(hand.seq, self.shared.done.load(Ordering::Relaxed))?;
+        self.shared.report(hand.seq)?;
         Ok(Some(Connection {
             stream,
             listener: hand.listener as usize,
@@ -423,9 +464,9 @@ impl<S> Connection<S> {
 
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
-        let done = self.shared.done.fetch_add(1, Ordering::Relaxed) + 1;
-        // A serve that is gone needs no report; the worker learns of it from `accept`.
-        let _ = self.shared.report(0, done);
+        // Reported with the next connection taken, or before the worker waits for one.
+        self.shared.done.fetch_add(1, Ordering::AcqRel);
+        self.shared.unreported.store(true, Ordering::Release);
     }
 }
 
@@ -540,6 +581,11 @@ mod tokio_worker {
         /// As [`Worker::accept`].
         pub async fn accept(&self) -> io::Result<Option<Connection<AsyncStream>>> {
             let mut record = [0u8; HAND_SIZE + 1];
+            if let Some(n) = self.worker.shared.try_read(&mut record)? {
+                return self.finish(&record[..n]);
+            }
+            // About to wait: serve learns now of the connections done meanwhile.
+            self.worker.shared.flush_done()?;
             let n = loop {
                 let mut ready = self.channel.readable().await?;
                 match ready.try_io(|c| Ok(rustix::io::read(&c.get_ref().0.channel, &mut record)?)) {
@@ -547,7 +593,12 @@ mod tokio_worker {
                     Err(_would_block) => continue,
                 }
             };
-            let Some(conn) = self.worker.take(&record[..n])? else {
+            self.finish(&record[..n])
+        }
+
+        /// Takes the connection of a record, as a tokio stream.
+        fn finish(&self, record: &[u8]) -> io::Result<Option<Connection<AsyncStream>>> {
+            let Some(conn) = self.worker.take(record)? else {
                 return Ok(None);
             };
             let (stream, listener, shared) = conn.into_parts();

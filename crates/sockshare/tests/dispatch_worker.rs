@@ -72,26 +72,37 @@ fn a_worker_takes_reports_and_stops_at_the_end_of_the_channel() {
     assert_eq!(report(&serve), Report { taken: 7, done: 0 });
     conn.write_all(b"pong").unwrap();
     drop(conn);
-    assert_eq!(report(&serve), Report { taken: 0, done: 1 });
     let mut got = Vec::new();
     client.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"pong");
 
+    // A connection queued already: one report says it is taken and the last one done.
     // accept_tcp gives the peer too.
     let client = hand(&serve, 8, &listener);
     let (conn, peer) = worker.accept_tcp().unwrap().expect("a connection");
     assert_eq!(peer, client.local_addr().unwrap());
-    assert_eq!(report(&serve).taken, 8);
+    assert_eq!(report(&serve), Report { taken: 8, done: 1 });
     drop(conn);
-    assert_eq!(report(&serve).done, 2);
 
-    // A record of the wrong size is refused, not taken for a connection.
+    // Nothing queued: the worker reports what it has done before it waits.
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| worker.accept().unwrap().is_none());
+        assert_eq!(report(&serve), Report { taken: 0, done: 2 });
+        rustix::net::shutdown(&serve, rustix::net::Shutdown::Write).unwrap();
+        assert!(
+            waiting.join().unwrap(),
+            "the end of the channel ends accept"
+        );
+    });
+}
+
+#[test]
+fn a_damaged_record_is_refused_not_taken() {
+    let (worker, serve) = worker();
+
     serve.send(&[0u8; HAND_SIZE - 1]).unwrap();
     let err = worker.accept().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-
-    rustix::net::shutdown(&serve, rustix::net::Shutdown::Write).unwrap();
-    assert!(worker.accept().unwrap().is_none());
 }
 
 #[cfg(feature = "tokio")]
@@ -116,8 +127,18 @@ fn the_tokio_worker_takes_connections_as_tokio_streams() {
         assert_eq!(&got, b"ping");
         conn.write_all(b"pong").await.unwrap();
         drop(conn);
-        assert_eq!(report(&serve), Report { taken: 0, done: 1 });
-        rustix::net::shutdown(&serve, rustix::net::Shutdown::Write).unwrap();
-        assert!(worker.accept().await.unwrap().is_none());
+        // Nothing queued: the done count goes out before the worker waits; then the end
+        // of the channel ends accept.
+        let serve = std::sync::Arc::new(serve);
+        let ends = serve.clone();
+        let (ended, done) = tokio::join!(worker.accept(), async move {
+            let done = tokio::task::spawn_blocking(move || report(&ends))
+                .await
+                .unwrap();
+            rustix::net::shutdown(&*serve, rustix::net::Shutdown::Write).unwrap();
+            done
+        });
+        assert_eq!(done, Report { taken: 0, done: 1 });
+        assert!(ended.unwrap().is_none());
     });
 }

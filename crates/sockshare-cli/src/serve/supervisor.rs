@@ -117,8 +117,11 @@ impl Generation {
     }
 
     /// Reaps the workers that exited, returning them with their status.
-    fn reap(&mut self) -> Vec<(Worker, ExitStatus)> {
+    fn reap(&mut self, look: bool) -> Vec<(Worker, ExitStatus)> {
         let mut gone = Vec::new();
+        if !look {
+            return gone;
+        }
         let mut i = 0;
         while i < self.workers.len() {
             match self.workers[i].child.try_wait() {
@@ -167,6 +170,12 @@ pub struct Supervisor<'a> {
     outcome: Option<Result<(), String>>,
     /// Under `--dispatch`: the accepting side.
     dispatcher: Option<Dispatcher<'a>>,
+    /// When children were last looked at (`waitpid`), and whether a SIGCHLD came since:
+    /// they are looked at on SIGCHLD, and at least once a second in case signals
+    /// coalesced, not at every turn of the loop (one `waitpid` per worker, which under
+    /// `--dispatch` turns once per few connections).
+    reaped: Instant,
+    sigchld: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -191,6 +200,8 @@ impl<'a> Supervisor<'a> {
             stopping: None,
             outcome: None,
             dispatcher,
+            reaped: Instant::now(),
+            sigchld: true,
         }
     }
 
@@ -304,7 +315,7 @@ impl<'a> Supervisor<'a> {
         match signal {
             libc::SIGHUP => self.reload(None, "SIGHUP"),
             libc::SIGTERM | libc::SIGINT => self.stop(signal),
-            // SIGCHLD: `tick` reaps.
+            libc::SIGCHLD => self.sigchld = true,
             _ => {}
         }
     }
@@ -540,16 +551,20 @@ impl<'a> Supervisor<'a> {
         at.extend(self.draining.iter().map(|d| d.deadline));
         at.extend(self.restarts.iter().map(|r| r.at));
         at.extend(self.stopping);
-        // Children are reaped here too, and SIGCHLD may coalesce: look again within 1 s.
+        // Children are looked at on SIGCHLD, and at least once a second (see `reaped`).
         at.push(Instant::now() + Duration::from_secs(1));
         at.into_iter().min()
     }
 
     /// Reaps workers and acts on the deadlines that passed.
     pub fn tick(&mut self, now: Instant) {
-        self.reap_starting(now);
-        self.reap_serving(now);
-        self.reap_draining(now);
+        let look = std::mem::take(&mut self.sigchld) || now >= self.reaped + Duration::from_secs(1);
+        if look {
+            self.reaped = now;
+        }
+        self.reap_starting(now, look);
+        self.reap_serving(now, look);
+        self.reap_draining(now, look);
         for r in std::mem::take(&mut self.restarts) {
             if r.at > now {
                 self.restarts.push(r);
@@ -567,10 +582,10 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn reap_starting(&mut self, now: Instant) {
+    fn reap_starting(&mut self, now: Instant, look: bool) {
         let Some(s) = &mut self.starting else { return };
         let number = s.generation.number;
-        if let Some((w, status)) = s.generation.reap().into_iter().next() {
+        if let Some((w, status)) = s.generation.reap(look).into_iter().next() {
             let why = format!(
                 "worker {} exited ({}) before it was ready",
                 w.pid(),
@@ -604,10 +619,10 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn reap_serving(&mut self, now: Instant) {
+    fn reap_serving(&mut self, now: Instant, look: bool) {
         let Some(g) = &mut self.serving else { return };
         let number = g.number;
-        for (mut w, status) in g.reap() {
+        for (mut w, status) in g.reap(look) {
             if let (Some(d), Some(link)) = (&mut self.dispatcher, w.link.take()) {
                 d.requeue(link.orphans());
             }
@@ -637,10 +652,10 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn reap_draining(&mut self, now: Instant) {
+    fn reap_draining(&mut self, now: Instant, look: bool) {
         let mut freed = false;
         self.draining.retain_mut(|d| {
-            for (mut w, status) in d.generation.reap() {
+            for (mut w, status) in d.generation.reap(look) {
                 if let (Some(dispatcher), Some(link)) = (&mut self.dispatcher, w.link.take()) {
                     dispatcher.requeue(link.orphans());
                 }
