@@ -1175,3 +1175,63 @@ fn reload_of_a_process_that_is_not_serve_fails_clearly() {
     let why = reload(gone.id()).expect_err("a reload of no process");
     assert!(why.contains("no sockshare serve with pid"), "{why}");
 }
+
+/// Issue 13: a worker that cannot notify is declared ready explicitly, with
+/// `--ready alive:SECS`, and only after that time: a reload to it succeeds no sooner.
+#[test]
+fn a_worker_that_cannot_notify_is_ready_once_alive_for_the_time_given() {
+    let (serve, port) = serve_on_tcp(&["--ready", "alive:0.5"], &[BIN, "hello", "--no-ready"]);
+    let asked = Instant::now();
+    let outcome = reload(serve.pid()).expect("a reload to workers alive 0.5 s");
+    assert!(outcome.contains("generation 2 serving"), "{outcome}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(500),
+        "generation 2 counted ready after {:?}, before 0.5 s alive",
+        asked.elapsed()
+    );
+    serve.wait_log("counted ready (alive 0.5 s)");
+    let (_, generation) = answer("after the reload", ask_tcp(port));
+    assert!(generation >= 1);
+    // Without the option, a worker that never notifies never takes over.
+    let broken = Serve::start(
+        &[
+            "--listen",
+            &format!("tcp:127.0.0.1:{}", free_port()),
+            "--ready-timeout",
+            "1",
+        ],
+        &[BIN, "hello", "--no-ready"],
+    );
+    broken.wait_log("the first generation failed: not ready within 1 s");
+}
+
+/// Issue 13: reloads asked for while one is starting are queued and coalesced into one,
+/// never lost: every asker gets the outcome of a reload that started after it asked.
+#[test]
+fn reloads_asked_for_during_a_reload_are_coalesced_not_lost() {
+    let (serve, _port) = serve_on_tcp(&[], &[BIN, "hello", "--ready-delay", "0.5"]);
+    let pid = serve.pid();
+    let askers: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                // The first starts a reload; the others arrive while it starts.
+                std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 100 }));
+                reload(pid)
+            })
+        })
+        .collect();
+    let outcomes: Vec<String> = askers
+        .into_iter()
+        .map(|a| a.join().unwrap().expect("every reload succeeds"))
+        .collect();
+    assert!(outcomes[0].contains("generation 2 serving"), "{outcomes:?}");
+    // The three that came during generation 2's start share generation 3.
+    for o in &outcomes[1..] {
+        assert!(o.contains("generation 3 serving"), "{outcomes:?}");
+    }
+    let log = serve.wait_log("generation 3 ready");
+    assert!(
+        !log.contains("generation 4"),
+        "the queued reloads were not coalesced:\n{log}"
+    );
+}
