@@ -44,7 +44,7 @@ static LINKS: Mutex<Links> = Mutex::new(None);
 pub(crate) fn duplicate(fd: BorrowedFd<'_>, target_pid: u32) -> Result<Info> {
     let kind = super::socket_kind(fd)?;
     let mut infos = Vec::with_capacity(1);
-    push_chunk(&[fd], &[kind], target_pid, &mut infos)?;
+    push_chunk::<1>(&[fd], &[kind], target_pid, &mut infos)?;
     infos
         .pop()
         .ok_or_else(|| Error::new(ErrorKind::NetDown, "the push produced no info"))
@@ -59,14 +59,15 @@ pub(crate) fn duplicate_many(
 ) -> Result<Vec<Info>> {
     let mut infos = Vec::with_capacity(fds.len());
     for (fds, kinds) in fds.chunks(wire::MAX_FDS).zip(kinds.chunks(wire::MAX_FDS)) {
-        push_chunk(fds, kinds, target_pid, &mut infos)?;
+        push_chunk::<{ wire::MAX_FDS }>(fds, kinds, target_pid, &mut infos)?;
     }
     Ok(infos)
 }
 
-/// Pushes up to `wire::MAX_FDS` sockets in one record and appends their infos to `infos`,
-/// in order, once the record is in the target's queue.
-fn push_chunk(
+/// Pushes up to `N` (at most `wire::MAX_FDS`) sockets in one record and appends their
+/// infos to `infos`, in order, once the record is in the target's queue. `N` sizes the
+/// buffers: a single `duplicate` does not zero room for 253 entries on every handoff.
+fn push_chunk<const N: usize>(
     fds: &[BorrowedFd<'_>],
     kinds: &[SocketKind],
     target_pid: u32,
@@ -74,7 +75,7 @@ fn push_chunk(
 ) -> Result<()> {
     check_target(target_pid)?;
     let mut retried = false;
-    let mut entries = [Entry { secret: 0, kind: 0 }; wire::MAX_FDS];
+    let mut entries = [Entry { secret: 0, kind: 0 }; N];
     for (entry, &kind) in entries.iter_mut().zip(kinds) {
         entry.kind = wire::pack_kind(kind).ok_or_else(|| {
             Error::new(
@@ -132,8 +133,16 @@ fn is_disconnect(e: Errno) -> bool {
 
 /// Sends one push record with its descriptors, waiting a little for room in a full queue.
 fn push(link: &OwnedFd, entries: &[Entry], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
-    let mut record = [0u8; wire::MAX_PUSH_LEN];
-    let len = wire::push(entries, &mut record);
+    // The common single socket in a small buffer; a batch's room is zeroed only for a batch.
+    let mut one = [0u8; wire::HEADER_LEN + wire::ENTRY_LEN];
+    let mut many;
+    let record: &mut [u8] = if entries.len() == 1 {
+        &mut one
+    } else {
+        many = [0u8; wire::MAX_PUSH_LEN];
+        &mut many
+    };
+    let len = wire::push(entries, record);
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !control.push(SendAncillaryMessage::ScmRights(fds)) {

@@ -98,9 +98,11 @@ pub(super) fn parse_reply(b: &[u8]) -> Option<Verdict> {
     }
 }
 
-/// Writes a push record for `entries` into `out` and returns its length.
-pub(super) fn push(entries: &[Entry], out: &mut [u8; MAX_PUSH_LEN]) -> usize {
+/// Writes a push record for `entries` into `out` (at least `HEADER_LEN + ENTRY_LEN` bytes
+/// per entry) and returns its length.
+pub(super) fn push(entries: &[Entry], out: &mut [u8]) -> usize {
     debug_assert!(!entries.is_empty() && entries.len() <= MAX_FDS);
+    debug_assert!(out.len() >= HEADER_LEN + entries.len() * ENTRY_LEN);
     out[..HEADER_LEN].copy_from_slice(&header(PUSH, entries.len() as u32));
     for (i, e) in entries.iter().enumerate() {
         let at = HEADER_LEN + i * ENTRY_LEN;
