@@ -148,13 +148,7 @@ impl Batch {
             // SAFETY: every header's iovec and control buffer point into this batch's
             // buffers, which are exclusively borrowed for the call and outlive it.
             let n = unsafe {
-                syscall!(recvmmsg(
-                    fd.as_raw_fd(),
-                    msgs.as_mut_ptr(),
-                    count as _,
-                    flags,
-                    std::ptr::null_mut(),
-                ))
+                super::raw::recvmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), count as _, flags)
             };
             match n {
                 Ok(n) => break n as usize,
@@ -262,14 +256,13 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
         let want = (count - done).min(MAX_RECORDS);
         // SAFETY: `msgs[..want]` are empty headers (no iov, no control) owned by us.
         let n = match unsafe {
-            syscall!(recvmmsg(
+            super::raw::recvmmsg(
                 fd.as_raw_fd(),
                 msgs.as_mut_ptr(),
                 want as _,
                 // MSG_TRUNC: each entry's length is its record's, not what was copied.
                 libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-            ))
+            )
         } {
             Ok(n) => n,
             Err(Errno::INTR | Errno::CONNRESET) => continue,
@@ -291,13 +284,13 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
 pub(super) fn set_peek_off(fd: BorrowedFd<'_>, off: i32) -> Result<(), Errno> {
     // SAFETY: SO_PEEK_OFF takes an int; `off` lives for the call.
     unsafe {
-        syscall!(setsockopt(
+        super::raw::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEEK_OFF,
             (&off as *const i32).cast(),
             std::mem::size_of::<i32>() as _,
-        ))
+        )
     }
     .map(drop)
 }

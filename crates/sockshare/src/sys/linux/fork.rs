@@ -37,7 +37,7 @@
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::Once;
 
-use super::{source, target};
+use super::{raw, source, target};
 
 /// The pid-holding page (see the module docs), mapped once the fork handlers are in.
 static MARK: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
@@ -76,15 +76,8 @@ fn getpid() -> u32 {
 pub(in crate::sys::linux) fn install_fork_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: the three handlers are `extern "C"` functions with no arguments that
-        // live as long as the program; they only lock, unlock and close descriptors.
-        let rc = unsafe {
-            libc::pthread_atfork(
-                Some(before_fork),
-                Some(after_fork_parent),
-                Some(after_fork_child),
-            )
-        };
+        // The handlers only lock, unlock and close descriptors.
+        let rc = raw::pthread_atfork(before_fork, after_fork_parent, after_fork_child);
         // pthread_atfork fails only with ENOMEM; without the handlers the mark page is
         // what notices a child, so it is mapped either way.
         debug_assert_eq!(rc, 0);
@@ -99,25 +92,11 @@ pub(in crate::sys::linux) fn install_fork_handlers() {
 /// 4.14), and `current_pid` then asks the kernel every time.
 fn map_mark() -> Option<&'static AtomicU32> {
     let page = rustix::param::page_size();
-    // SAFETY: a fresh private anonymous mapping, at an address the kernel picks; nothing
-    // else refers to it.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            page,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return None;
-    }
+    let addr = raw::map_anonymous(page)?;
     // SAFETY: `addr` is the page just mapped; the advice only changes what a child sees.
-    if unsafe { syscall!(madvise(addr, page, libc::MADV_WIPEONFORK)) }.is_err() {
+    if unsafe { raw::madvise(addr, page, libc::MADV_WIPEONFORK) }.is_err() {
         // SAFETY: unmapping the page mapped above, which nothing refers to.
-        unsafe { libc::munmap(addr, page) };
+        unsafe { raw::munmap(addr, page) };
         return None;
     }
     // SAFETY: the page is zeroed, aligned, writable, never unmapped, and only ever

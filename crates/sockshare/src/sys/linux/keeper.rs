@@ -48,7 +48,7 @@ use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
-use super::{keeper_address, os_error, peer_cred, KEEPER_NAMES};
+use super::{keeper_address, os_error, peer_cred, raw, KEEPER_NAMES};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long a keeper whose target has arrived waits for more from the source.
@@ -72,32 +72,24 @@ pub(super) fn spawn(pid: u32, start: u64, pidfd: OwnedFd) -> Result<OwnedFd> {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(&link, 1 << 20);
     let listener = listen(pid, start)?;
     // Everything the keeper needs exists now: the child only makes system calls.
-    let raw = [listener.as_raw_fd(), kept.as_raw_fd(), pidfd.as_raw_fd()];
+    let fds = [listener.as_raw_fd(), kept.as_raw_fd(), pidfd.as_raw_fd()];
     // SAFETY: a raw clone without CLONE_VM is a fork that runs no atfork handler. The
     // child makes only system calls (async-signal-safe) and leaves with `_exit`, or
     // clones the keeper, which does the same; no lock, no allocation, no destructor.
-    let middle = unsafe { syscall!(syscall(libc::SYS_clone, 0, 0, 0, 0, 0)) }
-        .map_err(|e| os_error("starting a keeper process", e))?;
+    let middle =
+        unsafe { raw::clone_process(0) }.map_err(|e| os_error("starting a keeper process", e))?;
     match middle {
         0 => {
             // SAFETY: as above; the keeper's exit signal is SIGCHLD, which init (its
             // parent once this process exits) reaps.
-            let keeper = unsafe {
-                libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
-            };
-            if keeper == 0 {
-                keep(raw, pid);
+            if unsafe { raw::clone_process(libc::SIGCHLD) } == Ok(0) {
+                keep(fds, pid);
             }
-            // SAFETY: leaving the intermediate process at once, running nothing of the
-            // parent's.
-            unsafe { libc::_exit(0) }
+            // The intermediate process leaves at once, running nothing of the parent's.
+            raw::exit_now(0)
         }
-        middle => {
-            let mut status = 0;
-            // SAFETY: reaping the intermediate process made above (no exit signal, so
-            // only __WCLONE waits see it); it exits at once.
-            unsafe { libc::waitpid(middle as libc::pid_t, &mut status, libc::__WCLONE) };
-        }
+        // Reaped at once: it has no exit signal, so only this `__WCLONE` wait sees it.
+        middle => raw::wait_clone(middle as libc::pid_t),
     }
     drop((listener, kept, pidfd));
     Ok(link)
@@ -166,62 +158,27 @@ fn keep(fds: [RawFd; 3], pid: u32) -> ! {
             break;
         }
     }
-    // SAFETY: ending the keeper; the kernel closes its descriptors, and with them every
-    // socket it still holds.
-    unsafe { libc::_exit(0) }
+    // The kernel closes the keeper's descriptors, and with them every socket it holds.
+    raw::exit_now(0)
 }
 
 /// Makes the forked child a process of its own: a new session (no terminal's signals),
 /// default signal handlers and an empty mask, a name, and no descriptor but `keep`.
 fn prepare(keep: &[RawFd; 3]) {
-    // SAFETY: setsid, prctl with a static NUL-terminated name, and sigaction and
-    // sigprocmask with structures on this stack are system calls that touch only what
-    // they are given.
-    unsafe {
-        libc::setsid();
-        libc::prctl(libc::PR_SET_NAME, NAME.as_ptr());
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        for signal in 1..libc::SIGRTMAX() {
-            libc::sigaction(signal, &default, std::ptr::null_mut());
-        }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
+    raw::become_daemon(NAME);
     let mut sorted = *keep;
     sorted.sort_unstable();
     let mut from = 0u32;
     for fd in sorted {
+        // SAFETY: the numbers between the kept ones are inherited and unused here: nothing
+        // in this fresh process owns them.
         if fd as u32 > from {
-            close_range(from, fd as u32 - 1);
+            unsafe { raw::close_range(from, fd as u32 - 1) };
         }
         from = fd as u32 + 1;
     }
-    close_range(from, u32::MAX);
-}
-
-/// Closes the descriptors `first..=last` this process inherited and does not use:
-/// `close_range` (Linux 5.9), or one `close` each up to the descriptor limit before it.
-fn close_range(first: u32, last: u32) {
-    // SAFETY: closes only numbers in the range, none of which this process uses.
-    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0 {
-        return;
-    }
-    // SAFETY: getrlimit writes the struct on this stack; close on any number is sound
-    // here (nothing in this process owns the numbers in the range).
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let end = last.min(
-            u32::try_from(limit.rlim_cur)
-                .unwrap_or(u32::MAX)
-                .saturating_sub(1),
-        );
-        for fd in first..=end {
-            libc::close(fd as RawFd);
-        }
-    }
+    // SAFETY: as above, for every number above the kept ones.
+    unsafe { raw::close_range(from, u32::MAX) };
 }
 
 /// A record taken from the link, with its sockets, not yet forwarded.
@@ -273,7 +230,7 @@ impl Keeper {
         // While idle, wake to see whether the link has been idle long enough.
         let timeout = if self.idle_since.is_some() { 100 } else { -1 };
         // SAFETY: `fds` is a live array of pollfd of the length given.
-        let polled = unsafe { syscall!(poll(fds.as_mut_ptr(), fds.len() as _, timeout)) };
+        let polled = unsafe { raw::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
         if polled.is_err_and(|e| e != Errno::INTR) {
             return Break(());
         }
@@ -336,7 +293,7 @@ impl Keeper {
             Ok(()) => {
                 for &fd in &hand.fds[..hand.count] {
                     // SAFETY: the keeper's copy of a socket now queued for the target.
-                    unsafe { libc::close(fd) };
+                    unsafe { raw::close(fd) };
                 }
                 self.in_hand = None;
             }
@@ -363,7 +320,7 @@ impl Keeper {
                 } else {
                     for &fd in &hand.fds[..hand.count] {
                         // SAFETY: descriptors of a record no session would take.
-                        unsafe { libc::close(fd) };
+                        unsafe { raw::close(fd) };
                     }
                 }
             }
@@ -423,11 +380,11 @@ fn send_record(
     }
     // SAFETY: every pointer in `msg` points into buffers alive for the call.
     unsafe {
-        syscall!(sendmsg(
+        raw::sendmsg(
             conn.as_raw_fd(),
             &msg,
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        ))
+        )
     }
     .map(drop)
 }
@@ -452,11 +409,11 @@ fn recv_record(
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: the iovec and control buffer point into live buffers of the sizes given.
     let n = unsafe {
-        syscall!(recvmsg(
+        raw::recvmsg(
             link.as_raw_fd(),
             &mut msg,
             libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        ))
+        )
     }?;
     // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
     // well-formed cmsgs; the macros stay inside it and the data is read unaligned.
@@ -471,7 +428,7 @@ fn recv_record(
                         hand.fds[hand.count] = fd;
                         hand.count += 1;
                     } else {
-                        libc::close(fd);
+                        raw::close(fd);
                     }
                 }
             }

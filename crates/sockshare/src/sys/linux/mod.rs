@@ -35,27 +35,13 @@
 //!   infos, or reuse its secrets: [`fork`] says how, and gives the lock order of every
 //!   process-wide lock of the project.
 
-/// Calls `libc::$fn` and turns its -1 into the `errno` it set, as an [`Errno`]: the one
-/// place the backend reads `errno`, and only after a call said it failed (socket2's
-/// `syscall!`). The call site's `unsafe` block and `SAFETY` comment cover the call.
-macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        let res = libc::$fn($($arg),*);
-        if res == -1 {
-            Err(rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
-                .unwrap_or(rustix::io::Errno::IO))
-        } else {
-            Ok(res)
-        }
-    }};
-}
-
 mod batch;
 mod channel;
 mod fork;
 mod info;
 mod keeper;
 mod pending;
+mod raw;
 mod source;
 mod target;
 mod wire;
@@ -137,13 +123,13 @@ pub(super) fn peer_cred(fd: BorrowedFd<'_>) -> std::result::Result<libc::ucred, 
     // SAFETY: `cred` is a valid, writable `ucred` of `len` bytes and `fd` is open for the
     // duration of the call; the kernel writes at most `len` bytes.
     unsafe {
-        syscall!(getsockopt(
+        raw::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&mut cred as *mut libc::ucred).cast(),
             &mut len,
-        ))
+        )
     }?;
     Ok(cred)
 }
@@ -258,13 +244,13 @@ pub(super) fn peer_alive(fd: BorrowedFd<'_>) -> Option<bool> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `pidfd` is a writable int of `len` bytes; `fd` is open for the call.
     let rc = unsafe {
-        syscall!(getsockopt(
+        raw::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             option,
             (&mut pidfd as *mut libc::c_int).cast(),
             &mut len,
-        ))
+        )
     };
     if let Err(e) = rc {
         // ESRCH: the maker is gone (kernels that cannot name a dead process). Anything
@@ -303,11 +289,11 @@ pub(super) fn recv_with_sender(
         // SAFETY: the iovec and control buffer point into live, exclusively borrowed
         // buffers of the sizes given; MSG_CMSG_CLOEXEC covers descriptors nobody sends.
         let n = unsafe {
-            syscall!(recvmsg(
+            raw::recvmsg(
                 fd.as_raw_fd(),
                 &mut msg,
                 libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            ))
+            )
         };
         match n {
             Ok(n) => break n as usize,

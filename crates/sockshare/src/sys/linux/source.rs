@@ -517,7 +517,7 @@ fn close_inherited(links: &mut Links) {
         for link in map.values() {
             // SAFETY: the child's copy of a descriptor the map owns; the map is leaked
             // below, so no OwnedFd closes the number again.
-            unsafe { libc::close(link.fd.as_raw_fd()) };
+            unsafe { super::raw::close(link.fd.as_raw_fd()) };
         }
         std::mem::forget(map);
     }

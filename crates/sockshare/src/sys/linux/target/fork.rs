@@ -98,7 +98,7 @@ fn abandon(registry: &mut Registry, door: &mut Door, inner: &mut Inner) {
     for fd in fds {
         // SAFETY: the descriptor was inherited from the parent; the endpoint holding the
         // OwnedFd is leaked below, so it is never closed again.
-        unsafe { libc::close(fd.as_raw_fd()) };
+        unsafe { super::super::raw::close(fd.as_raw_fd()) };
     }
     // The session belongs to the parent: leak the child's copy (its descriptors are
     // closed above, and the leak keeps them from being closed twice), thread included.
