@@ -64,6 +64,18 @@ mod session;
 mod socket;
 mod sys;
 
+/// Maps one page of private memory that the kernel fills with zeros in every child
+/// process (`MADV_WIPEONFORK`), however it was forked; `None` where it cannot (before
+/// Linux 4.14). The C library (`crates/ws2_32`) keeps its state behind one, as the core
+/// keeps its pid mark. Not a stable API.
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
+#[doc(hidden)]
+#[must_use]
+pub fn wipe_on_fork_page() -> Option<std::ptr::NonNull<u8>> {
+    sys::wipe_on_fork_page(rustix::param::page_size())
+        .and_then(|p| std::ptr::NonNull::new(p.cast()))
+}
+
 /// The parsers of untrusted bytes that are otherwise private, for the fuzz targets in
 /// `fuzz/` (feature `fuzzing`). Not a stable API.
 #[cfg(feature = "fuzzing")]

@@ -111,41 +111,18 @@ static HOME: AtomicPtr<AtomicPtr<Mutex<State>>> = AtomicPtr::new(std::ptr::null_
 fn home() -> Option<&'static AtomicPtr<Mutex<State>>> {
     let mut page = HOME.load(Ordering::Acquire);
     if page.is_null() {
-        const LEN: usize = 4096;
-        // SAFETY: an anonymous private mapping at an address the kernel chooses touches
-        // no existing memory.
-        let new = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if new == libc::MAP_FAILED {
-            return None;
-        }
-        // SAFETY: `new` is the page just mapped, which nothing else references.
-        if unsafe { libc::madvise(new, LEN, libc::MADV_WIPEONFORK) } != 0 {
-            // SAFETY: as above; the page is unmapped before anyone can see it.
-            unsafe { libc::munmap(new, LEN) };
-            return None;
-        }
+        // The core maps it (one place for the backend's raw calls and fork handling).
+        let new = sockshare::wipe_on_fork_page()?.as_ptr().cast();
         page = match HOME.compare_exchange(
             std::ptr::null_mut(),
-            new.cast(),
+            new,
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => new.cast(),
-            Err(first) => {
-                // SAFETY: another thread installed its page first; this one was never
-                // shared.
-                unsafe { libc::munmap(new, LEN) };
-                first
-            }
+            Ok(_) => new,
+            // Another thread installed its page first; this one (4 KiB, once) is left
+            // unused.
+            Err(first) => first,
         };
     }
     // SAFETY: the page is mapped for the life of the process (and of its children, where

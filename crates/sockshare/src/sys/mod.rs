@@ -62,8 +62,8 @@ mod linux;
 pub(crate) use linux::fuzzing;
 #[cfg(all(target_os = "linux", not(sockshare_shell)))]
 pub(crate) use linux::{
-    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, Channel, Info,
-    Session,
+    current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, wipe_on_fork_page,
+    Channel, Info, Session,
 };
 
 #[cfg(windows)]

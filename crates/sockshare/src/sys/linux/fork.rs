@@ -92,16 +92,25 @@ pub(in crate::sys::linux) fn install_fork_handlers() {
 /// 4.14), and `current_pid` then asks the kernel every time.
 fn map_mark() -> Option<&'static AtomicU32> {
     let page = rustix::param::page_size();
-    let addr = raw::map_anonymous(page)?;
-    // SAFETY: `addr` is the page just mapped; the advice only changes what a child sees.
-    if unsafe { raw::madvise(addr, page, libc::MADV_WIPEONFORK) }.is_err() {
-        // SAFETY: unmapping the page mapped above, which nothing refers to.
-        unsafe { raw::munmap(addr, page) };
-        return None;
-    }
+    let addr = wipe_on_fork_page(page)?;
     // SAFETY: the page is zeroed, aligned, writable, never unmapped, and only ever
     // accessed through this atomic.
     Some(unsafe { &*addr.cast::<AtomicU32>() })
+}
+
+/// Maps `len` bytes (a whole number of pages) of private memory that the kernel fills
+/// with zeros in every child process (`MADV_WIPEONFORK`), whether or not fork handlers
+/// ran; `None` where it cannot (out of memory, before Linux 4.14). Never unmapped. The
+/// core's pid mark lives in one, and so does the C library's state.
+pub(crate) fn wipe_on_fork_page(len: usize) -> Option<*mut std::ffi::c_void> {
+    let addr = raw::map_anonymous(len)?;
+    // SAFETY: `addr` is the mapping just made; the advice only changes what a child sees.
+    if unsafe { raw::madvise(addr, len, libc::MADV_WIPEONFORK) }.is_err() {
+        // SAFETY: unmapping the mapping made above, which nothing refers to.
+        unsafe { raw::munmap(addr, len) };
+        return None;
+    }
+    Some(addr)
 }
 
 extern "C" fn before_fork() {

@@ -60,8 +60,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::SocketKind;
 
 pub(crate) use channel::Channel;
-pub(crate) use fork::current_pid;
 use fork::install_fork_handlers;
+pub(crate) use fork::{current_pid, wipe_on_fork_page};
 pub(crate) use info::Info;
 pub(crate) use source::{disconnect_all, duplicate, duplicate_many, probe};
 pub(crate) use target::Session;
