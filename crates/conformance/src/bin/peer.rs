@@ -871,7 +871,6 @@ impl Peer {
     /// N`: on the first N names of keepers for PID instead. The listeners never accept.
     /// Replies with their slots, one per name.
     fn squat(&mut self, w: &[&str]) -> Reply {
-        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
         let pid: u32 = num(w, 1)?;
         let mut slots = Vec::new();
         let names = match w.get(2) {
@@ -883,14 +882,7 @@ impl Peer {
             _ => endpoint_names(pid),
         };
         for name in names {
-            let listener = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .map_err(|e| io_error(e.into()))?;
-            let addr = SocketAddrUnix::new_abstract_name(&name).map_err(|e| io_error(e.into()))?;
+            let (listener, addr) = seqpacket_for(&name)?;
             rustix::net::bind(&listener, &addr).map_err(|e| io_error(e.into()))?;
             rustix::net::listen(&listener, 128).map_err(|e| io_error(e.into()))?;
             slots.push(self.put(Socket::from(listener)).to_string());
@@ -1245,22 +1237,32 @@ fn recv_with_fds(
     Ok((msg.bytes, fds))
 }
 
+/// A new `SOCK_SEQPACKET` Unix socket and the abstract address `name`, to bind or
+/// connect to (the names of sessions and keepers).
+fn seqpacket_for(
+    name: &[u8],
+) -> Result<(std::os::fd::OwnedFd, rustix::net::SocketAddrUnix), String> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_error(e.into()))?;
+    let addr = SocketAddrUnix::new_abstract_name(name).map_err(|e| io_error(e.into()))?;
+    Ok((sock, addr))
+}
+
 /// `keeper-probe PID`: connects to every keeper name of PID, as a process that is not PID,
 /// and reads what each sends within 300 ms. Replies `keepers=K bytes=B fds=F`: how many
 /// keepers accepted the connection and what they sent.
 fn keeper_probe(w: &[&str]) -> Reply {
-    use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
+    use rustix::net::RecvFlags;
     let pid: u32 = num(w, 1)?;
     let (mut keepers, mut bytes, mut fds) = (0, 0, 0);
     for name in conformance::keeper_names(pid) {
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| io_error(e.into()))?;
-        let addr = SocketAddrUnix::new_abstract_name(&name).map_err(|e| io_error(e.into()))?;
+        let (sock, addr) = seqpacket_for(&name)?;
         if rustix::net::connect(&sock, &addr).is_err() {
             continue;
         }
