@@ -106,32 +106,15 @@ pub(crate) struct Info {
     network_byte_order: i32,
     security_scheme: i32,
     message_size: u32,
-    tag: u32,
     name: Cow<'static, str>,
 }
 
 impl Info {
-    /// A fresh info for a socket of `kind` shared with `target_pid` under `token`.
+    /// A fresh info for a socket of `kind` shared with `target_pid` under `token`: the
+    /// fields sockshare's provider writes for the kind. The integrity tag is not kept: it
+    /// is a function of the fields, computed when the info is serialised (so making an
+    /// info on the handoff path costs no serialisation of its own).
     pub(crate) fn for_share(kind: SocketKind, target_pid: u32, token: u64) -> Info {
-        Info::for_share_w(kind, target_pid, token).0
-    }
-
-    /// [`for_share`](Self::for_share) and its W form, serialised once (the handoff path
-    /// needs both).
-    pub(crate) fn for_share_w(
-        kind: SocketKind,
-        target_pid: u32,
-        token: u64,
-    ) -> (Info, [u8; INFO_W_SIZE]) {
-        let mut info = Info::unsigned(kind, target_pid, token);
-        let mut w = info.to_bytes_w();
-        info.tag = tag_of(&mut w);
-        put(&mut w, offset::PROVIDER_RESERVED, info.tag);
-        (info, w)
-    }
-
-    /// The info's fields, before the integrity check (tag 0).
-    fn unsigned(kind: SocketKind, target_pid: u32, token: u64) -> Info {
         let (min_sockaddr, max_sockaddr) = sockaddr_sizes(kind);
         Info {
             service_flags1: service_flags(kind),
@@ -153,7 +136,6 @@ impl Info {
             } else {
                 0
             },
-            tag: 0,
             name: provider_name(kind),
         }
     }
@@ -214,9 +196,9 @@ impl Info {
             network_byte_order: get_i32(bytes, offset::NETWORK_BYTE_ORDER),
             security_scheme: get_i32(bytes, offset::SECURITY_SCHEME),
             message_size: get_u32(bytes, offset::MESSAGE_SIZE),
-            tag: get_u32(bytes, offset::PROVIDER_RESERVED),
             name,
         };
+        let tag = get_u32(bytes, offset::PROVIDER_RESERVED);
         // An info with zeros after its name is, in its W form, byte for byte what
         // serialising it gives (every other byte is read as a field, and the name is ASCII,
         // so an A form's widens to its UTF-16): check the CRC on those bytes, and
@@ -227,8 +209,8 @@ impl Info {
         // more than the CRC itself.
         static ZEROS: [u8; INFO_W_SIZE] = [0; INFO_W_SIZE];
         let fast = bytes[name_end..] == ZEROS[name_end..bytes.len()]
-            && tag_of_bytes(bytes, &info.name) == info.tag;
-        if !fast && info.compute_tag() != info.tag {
+            && tag_of_bytes(bytes, &info.name) == tag;
+        if !fast && tag_of(&mut info.to_bytes_w()) != tag {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
             ));
@@ -237,11 +219,7 @@ impl Info {
         // sharing state is what `duplicate` writes for the info's kind, so a field changed
         // with the CRC mended is refused here, and the kind itself is checked against the
         // one the source pushed when the info is redeemed.
-        let made = Info {
-            tag: info.tag,
-            ..Info::unsigned(info.kind, info.target_pid, info.token)
-        };
-        if info != made {
+        if info != Info::for_share(info.kind, info.target_pid, info.token) {
             return Err(invalid(
                 "this protocol info was altered: its fields are not those sockshare makes \
                  for its socket kind",
@@ -259,6 +237,8 @@ impl Info {
             let at = offset::SZ_PROTOCOL + 2 * i;
             b[at..at + 2].copy_from_slice(&unit.to_le_bytes());
         }
+        let tag = tag_of(&mut b);
+        put(&mut b, offset::PROVIDER_RESERVED, tag);
         b
     }
 
@@ -269,6 +249,9 @@ impl Info {
         self.write_fixed(&mut b);
         let name = self.name.as_bytes();
         b[offset::SZ_PROTOCOL..offset::SZ_PROTOCOL + name.len()].copy_from_slice(name);
+        // The W form's tag: the A and W forms of one info carry the same.
+        let tag = tag_of_bytes(&b, &self.name);
+        put(&mut b, offset::PROVIDER_RESERVED, tag);
         b
     }
 
@@ -302,12 +285,6 @@ impl Info {
         );
         put(b, offset::SECURITY_SCHEME, self.security_scheme as u32);
         put(b, offset::MESSAGE_SIZE, self.message_size);
-        put(b, offset::PROVIDER_RESERVED, self.tag);
-    }
-
-    /// CRC-32 over the W form with the tag zeroed: the A and W forms of one info share it.
-    fn compute_tag(&self) -> u32 {
-        tag_of(&mut self.to_bytes_w())
     }
 
     /// The process the info was made for (`dwServiceFlags2`).
@@ -421,7 +398,7 @@ mod tests {
             assert_eq!((get_i32(b, 80), get_i32(b, 84)), (16, 16));
             assert_eq!((get_i32(b, 88), get_i32(b, 92)), (1, 6));
             assert_eq!(get_u32(b, 108), 0);
-            assert_eq!(get_u32(b, 112), info.tag);
+            assert_eq!(get_u32(b, 112), tag_of(&mut info.to_bytes_w()));
         }
         let w = info.to_bytes_w();
         assert_eq!(&w[116..120], &[b's', 0, b'o', 0]);
@@ -503,10 +480,14 @@ mod tests {
 
     #[test]
     fn the_handoff_path_serialises_the_same_bytes() {
-        let (info, w) = Info::for_share_w(tcp4(), 4242, 0xfeed);
-        assert_eq!(info, Info::for_share(tcp4(), 4242, 0xfeed));
-        assert_eq!(w, info.to_bytes_w());
+        let info = Info::for_share(tcp4(), 4242, 0xfeed);
+        let w = info.to_bytes_w();
         assert_eq!(Info::from_bytes(&w).unwrap(), info);
+        // Both forms carry the W form's tag.
+        assert_eq!(
+            get_u32(&info.to_bytes_a(), offset::PROVIDER_RESERVED),
+            get_u32(&w, offset::PROVIDER_RESERVED)
+        );
         // Bytes after the name carry nothing: with garbage there the info parses the same
         // (through the canonical check, not the fast one).
         let mut noisy = w;
