@@ -397,47 +397,29 @@ fn recv_record(
     hand: &mut InHand,
 ) -> std::result::Result<bool, Errno> {
     let mut control = [0u64; CONTROL_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: record.as_mut_ptr().cast(),
-        iov_len: record.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header, filled in below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: the iovec and control buffer point into live buffers of the sizes given.
-    let n = unsafe {
-        raw::recvmsg(
-            link.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    }?;
-    // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
-    // well-formed cmsgs; the macros stay inside it and the data is read unaligned.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if ((*c).cmsg_level, (*c).cmsg_type) == (libc::SOL_SOCKET, libc::SCM_RIGHTS) {
-                let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for k in 0..payload / 4 {
-                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(k));
-                    if hand.count < hand.fds.len() {
-                        hand.fds[hand.count] = fd;
-                        hand.count += 1;
-                    } else {
-                        raw::close(fd);
-                    }
+    let (n, flags) = raw::recv_one(
+        link.as_raw_fd(),
+        record,
+        &mut control,
+        libc::MSG_DONTWAIT,
+        |c| {
+            if (c.level, c.ty) != (libc::SOL_SOCKET, libc::SCM_RIGHTS) {
+                return;
+            }
+            for fd in c.items::<RawFd>() {
+                if hand.count < hand.fds.len() {
+                    hand.fds[hand.count] = fd;
+                    hand.count += 1;
+                } else {
+                    // SAFETY: installed for this process by the receive; no record keeps it.
+                    unsafe { raw::close(fd) };
                 }
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    hand.len = n as usize;
+        },
+    )?;
+    hand.len = n;
     // A record carrying more than the buffer was cut: `len` past the buffer marks it.
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+    if flags & libc::MSG_TRUNC != 0 {
         hand.len = record.len() + 1;
     }
     Ok(n > 0 || hand.count > 0)

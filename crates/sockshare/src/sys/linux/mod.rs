@@ -50,7 +50,7 @@ mod wire;
 pub(crate) use wire::fuzzing;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -275,58 +275,22 @@ pub(super) fn recv_with_sender(
         return Ok(None);
     }
     let mut control = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header, filled in below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let n = loop {
-        // SAFETY: the iovec and control buffer point into live, exclusively borrowed
-        // buffers of the sizes given; MSG_CMSG_CLOEXEC covers descriptors nobody sends.
-        let n = unsafe {
-            raw::recvmsg(
-                fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        match n {
-            Ok(n) => break n as usize,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    };
-    // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
-    // well-formed cmsgs; the macros stay inside it and the data is read unaligned.
-    let pid = unsafe {
-        let mut pid = None;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let data = libc::CMSG_DATA(c);
-            match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
-                    let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
-                    pid = Some(cred.pid as u32);
-                }
-                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                    let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for k in 0..payload / 4 {
-                        let raw = std::ptr::read_unaligned(data.cast::<i32>().add(k));
-                        // Nobody should send descriptors here: close them.
-                        drop(OwnedFd::from_raw_fd(raw));
-                    }
-                }
-                _ => {}
+    let mut pid = None;
+    let (n, _) = raw::recv_one(fd.as_raw_fd(), buf, &mut control, libc::MSG_DONTWAIT, |c| {
+        match (c.level, c.ty) {
+            (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                pid = c.items::<libc::ucred>().next().map(|cred| cred.pid as u32);
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
+            (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                for raw in c.items::<RawFd>() {
+                    // SAFETY: the kernel installed this descriptor for this process just
+                    // now; nobody should send any here, so it is closed.
+                    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+            _ => {}
         }
-        pid
-    };
+    })?;
     Ok(Some((n, pid)))
 }
 

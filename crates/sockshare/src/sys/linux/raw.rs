@@ -41,17 +41,70 @@ pub(super) unsafe fn recvmmsg(
     syscall!(recvmmsg(fd, msgs, n, flags, std::ptr::null_mut()))
 }
 
-/// recvmsg(2).
-///
-/// # Safety
-///
-/// `msg`'s buffers are valid for the kernel's writes for the call.
-pub(super) unsafe fn recvmsg(
+/// One control message of a record [`recv_one`] received: level, type, and its data.
+pub(super) struct Cmsg {
+    pub(super) level: c_int,
+    pub(super) ty: c_int,
+    data: *const u8,
+    len: usize,
+}
+
+impl Cmsg {
+    /// The data as `T`s, read unaligned (`SCM_RIGHTS`: descriptors; `SCM_CREDENTIALS`: a
+    /// `ucred`). Plain-data `T` only.
+    pub(super) fn items<T: Copy>(&self) -> impl Iterator<Item = T> + '_ {
+        let size = std::mem::size_of::<T>();
+        // SAFETY: the kernel wrote `len` bytes of data at `data`, inside the control
+        // buffer the caller of `recv_one` still holds while it walks these messages.
+        (0..self.len / size)
+            .map(move |k| unsafe { self.data.add(k * size).cast::<T>().read_unaligned() })
+    }
+}
+
+/// recvmsg(2) of one record into `buf`, with room for control messages in `control`,
+/// calling `each` for every control message received (descriptors arrive close-on-exec;
+/// whatever `each` does not keep is its to close). Returns the record's length and the
+/// message flags (`MSG_TRUNC`, `MSG_CTRUNC`). Allocates nothing: async-signal-safe.
+pub(super) fn recv_one(
     fd: c_int,
-    msg: *mut libc::msghdr,
+    buf: &mut [u8],
+    control: &mut [u64],
     flags: c_int,
-) -> Result<isize, Errno> {
-    syscall!(recvmsg(fd, msg, flags))
+    mut each: impl FnMut(&Cmsg),
+) -> Result<(usize, c_int), Errno> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(control) as _;
+    let n = loop {
+        // SAFETY: the iovec and the control buffer point into live, exclusively borrowed
+        // buffers of the sizes given.
+        match unsafe { syscall!(recvmsg(fd, &mut msg, flags | libc::MSG_CMSG_CLOEXEC)) } {
+            Err(Errno::INTR) => continue,
+            other => break other? as usize,
+        }
+    };
+    // SAFETY: the kernel filled the control buffer with `msg_controllen` bytes of
+    // well-formed cmsgs; the macros stay inside it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            each(&Cmsg {
+                level: (*c).cmsg_level,
+                ty: (*c).cmsg_type,
+                data: libc::CMSG_DATA(c),
+                len: (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize,
+            });
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, msg.msg_flags))
 }
 
 /// sendmsg(2).
