@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use crate::error::{Error, Result};
 use crate::layout::{
     af_inet, af_inet6, af_unix, get_i32, get_u32, invalid, offset, pfl, put, sock_dgram,
-    sock_stream, xp1, Header, SocketKind, BASE_PROTOCOL, INFO_A_SIZE, INFO_W_SIZE,
-    MAX_PROTOCOL_CHAIN, PROVIDER_ID, WSAPROTOCOL_LEN,
+    sock_stream, xp1, Header, SocketKind, BASE_PROTOCOL, INFO_A_SIZE, INFO_W_SIZE, PROVIDER_ID,
+    WSAPROTOCOL_LEN,
 };
 
 const TCP_UDP_MESSAGE_SIZE: u32 = 0xffbb;
@@ -88,54 +88,26 @@ fn provider_name(kind: SocketKind) -> Cow<'static, str> {
     Cow::Borrowed(KNOWN_NAMES[index])
 }
 
-/// A protocol info as sockshare's provider makes it.
+/// A protocol info as sockshare's provider makes it. Only the sharing state and the kind
+/// are kept: every other field, and the integrity tag, is a function of them, written
+/// when the info is serialised, and `from_bytes` refuses bytes whose fields differ from
+/// what they would be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Info {
-    service_flags1: u32,
     target_pid: u32,
     token: u64,
-    provider_flags: u32,
-    catalog_entry_id: u32,
-    chain_len: i32,
-    chain_entries: [u32; MAX_PROTOCOL_CHAIN],
-    version: i32,
     kind: SocketKind,
-    max_sockaddr: i32,
-    min_sockaddr: i32,
-    protocol_max_offset: i32,
-    network_byte_order: i32,
-    security_scheme: i32,
-    message_size: u32,
+    /// `provider_name(kind)`, kept so it can be lent as a `&str`.
     name: Cow<'static, str>,
 }
 
 impl Info {
-    /// A fresh info for a socket of `kind` shared with `target_pid` under `token`: the
-    /// fields sockshare's provider writes for the kind. The integrity tag is not kept: it
-    /// is a function of the fields, computed when the info is serialised (so making an
-    /// info on the handoff path costs no serialisation of its own).
+    /// A fresh info for a socket of `kind` shared with `target_pid` under `token`.
     pub(crate) fn for_share(kind: SocketKind, target_pid: u32, token: u64) -> Info {
-        let (min_sockaddr, max_sockaddr) = sockaddr_sizes(kind);
         Info {
-            service_flags1: service_flags(kind),
             target_pid,
             token,
-            provider_flags: pfl::MATCHES_PROTOCOL_ZERO,
-            catalog_entry_id: catalog_entry_id(kind),
-            chain_len: BASE_PROTOCOL,
-            chain_entries: [0; MAX_PROTOCOL_CHAIN],
-            version: 2,
             kind,
-            max_sockaddr,
-            min_sockaddr,
-            protocol_max_offset: 0,
-            network_byte_order: if kind.is_unix() { 1 } else { 0 },
-            security_scheme: 0,
-            message_size: if kind.is_udp() {
-                TCP_UDP_MESSAGE_SIZE
-            } else {
-                0
-            },
             name: provider_name(kind),
         }
     }
@@ -171,46 +143,9 @@ impl Info {
                 "this protocol info was not made by sockshare's duplicate (unknown provider id)",
             ));
         }
-        let mut chain_entries = [0u32; MAX_PROTOCOL_CHAIN];
-        for (i, e) in chain_entries.iter_mut().enumerate() {
-            *e = get_u32(bytes, offset::PROTOCOL_CHAIN + 4 + 4 * i);
-        }
-        let info = Info {
-            service_flags1: get_u32(bytes, offset::SERVICE_FLAGS1),
-            target_pid: get_u32(bytes, offset::SERVICE_FLAGS2),
-            token: u64::from(get_u32(bytes, offset::SERVICE_FLAGS3))
-                | u64::from(get_u32(bytes, offset::SERVICE_FLAGS4)) << 32,
-            provider_flags: get_u32(bytes, offset::PROVIDER_FLAGS),
-            catalog_entry_id: get_u32(bytes, offset::CATALOG_ENTRY_ID),
-            chain_len: get_i32(bytes, offset::PROTOCOL_CHAIN),
-            chain_entries,
-            version: get_i32(bytes, offset::VERSION),
-            kind: SocketKind::new(
-                get_i32(bytes, offset::ADDRESS_FAMILY),
-                get_i32(bytes, offset::SOCKET_TYPE),
-                get_i32(bytes, offset::PROTOCOL),
-            ),
-            max_sockaddr: get_i32(bytes, offset::MAX_SOCKADDR),
-            min_sockaddr: get_i32(bytes, offset::MIN_SOCKADDR),
-            protocol_max_offset: get_i32(bytes, offset::PROTOCOL_MAX_OFFSET),
-            network_byte_order: get_i32(bytes, offset::NETWORK_BYTE_ORDER),
-            security_scheme: get_i32(bytes, offset::SECURITY_SCHEME),
-            message_size: get_u32(bytes, offset::MESSAGE_SIZE),
-            name,
-        };
-        let tag = get_u32(bytes, offset::PROVIDER_RESERVED);
-        // An info with zeros after its name is, in its W form, byte for byte what
-        // serialising it gives (every other byte is read as a field, and the name is ASCII,
-        // so an A form's widens to its UTF-16): check the CRC on those bytes, and
-        // serialise again only for anything else.
-        let width = if bytes.len() == INFO_W_SIZE { 2 } else { 1 };
-        let name_end = offset::SZ_PROTOCOL + width * (info.name.len() + 1);
-        // Compared with zeros by memcmp, which is vector code: a byte-at-a-time loop cost
-        // more than the CRC itself.
-        static ZEROS: [u8; INFO_W_SIZE] = [0; INFO_W_SIZE];
-        let fast = bytes[name_end..] == ZEROS[name_end..bytes.len()]
-            && tag_of_bytes(bytes, &info.name) == tag;
-        if !fast && tag_of(&mut info.to_bytes_w()) != tag {
+        // The CRC over the bytes up to the name's end (what follows the name carries
+        // nothing): it catches damage.
+        if tag_of_bytes(bytes, &name) != get_u32(bytes, offset::PROVIDER_RESERVED) {
             return Err(invalid(
                 "this protocol info is damaged or was altered (integrity check failed)",
             ));
@@ -219,7 +154,23 @@ impl Info {
         // sharing state is what `duplicate` writes for the info's kind, so a field changed
         // with the CRC mended is refused here, and the kind itself is checked against the
         // one the source pushed when the info is redeemed.
-        if info != Info::for_share(info.kind, info.target_pid, info.token) {
+        let info = Info::for_share(
+            SocketKind::new(
+                get_i32(bytes, offset::ADDRESS_FAMILY),
+                get_i32(bytes, offset::SOCKET_TYPE),
+                get_i32(bytes, offset::PROTOCOL),
+            ),
+            get_u32(bytes, offset::SERVICE_FLAGS2),
+            u64::from(get_u32(bytes, offset::SERVICE_FLAGS3))
+                | u64::from(get_u32(bytes, offset::SERVICE_FLAGS4)) << 32,
+        );
+        let mut made = [0u8; offset::SZ_PROTOCOL];
+        info.write_fixed(&mut made);
+        let tag = offset::PROVIDER_RESERVED..offset::PROVIDER_RESERVED + 4;
+        if bytes[..tag.start] != made[..tag.start]
+            || bytes[tag.end..offset::SZ_PROTOCOL] != made[tag.end..]
+            || name != info.name
+        {
             return Err(invalid(
                 "this protocol info was altered: its fields are not those sockshare makes \
                  for its socket kind",
@@ -255,36 +206,28 @@ impl Info {
         b
     }
 
+    /// The fields before `szProtocol` (the tag left 0), as sockshare's provider writes
+    /// them for this info's kind.
     fn write_fixed(&self, b: &mut [u8]) {
-        put(b, offset::SERVICE_FLAGS1, self.service_flags1);
+        let h = self.header();
+        put(b, offset::SERVICE_FLAGS1, h.service_flags1);
         put(b, offset::SERVICE_FLAGS2, self.target_pid);
         put(b, offset::SERVICE_FLAGS3, self.token as u32);
         put(b, offset::SERVICE_FLAGS4, (self.token >> 32) as u32);
-        put(b, offset::PROVIDER_FLAGS, self.provider_flags);
+        put(b, offset::PROVIDER_FLAGS, h.provider_flags);
         b[offset::PROVIDER_ID..offset::PROVIDER_ID + 16].copy_from_slice(&PROVIDER_ID);
-        put(b, offset::CATALOG_ENTRY_ID, self.catalog_entry_id);
-        put(b, offset::PROTOCOL_CHAIN, self.chain_len as u32);
-        for (i, e) in self.chain_entries.iter().enumerate() {
-            put(b, offset::PROTOCOL_CHAIN + 4 + 4 * i, *e);
-        }
-        put(b, offset::VERSION, self.version as u32);
-        put(b, offset::ADDRESS_FAMILY, self.kind.family() as u32);
-        put(b, offset::MAX_SOCKADDR, self.max_sockaddr as u32);
-        put(b, offset::MIN_SOCKADDR, self.min_sockaddr as u32);
-        put(b, offset::SOCKET_TYPE, self.kind.socket_type() as u32);
-        put(b, offset::PROTOCOL, self.kind.protocol() as u32);
-        put(
-            b,
-            offset::PROTOCOL_MAX_OFFSET,
-            self.protocol_max_offset as u32,
-        );
-        put(
-            b,
-            offset::NETWORK_BYTE_ORDER,
-            self.network_byte_order as u32,
-        );
-        put(b, offset::SECURITY_SCHEME, self.security_scheme as u32);
-        put(b, offset::MESSAGE_SIZE, self.message_size);
+        put(b, offset::CATALOG_ENTRY_ID, h.catalog_entry_id);
+        // A base protocol: its chain entries, the protocol offset and the security
+        // scheme stay 0.
+        put(b, offset::PROTOCOL_CHAIN, h.chain_len as u32);
+        put(b, offset::VERSION, h.version as u32);
+        put(b, offset::ADDRESS_FAMILY, h.kind.family() as u32);
+        put(b, offset::MAX_SOCKADDR, h.max_sockaddr as u32);
+        put(b, offset::MIN_SOCKADDR, h.min_sockaddr as u32);
+        put(b, offset::SOCKET_TYPE, h.kind.socket_type() as u32);
+        put(b, offset::PROTOCOL, h.kind.protocol() as u32);
+        put(b, offset::NETWORK_BYTE_ORDER, u32::from(h.kind.is_unix()));
+        put(b, offset::MESSAGE_SIZE, h.message_size);
     }
 
     /// The process the info was made for (`dwServiceFlags2`).
@@ -297,18 +240,24 @@ impl Info {
         self.kind
     }
 
-    /// The fields every representation has.
+    /// The fields every representation has, as sockshare's provider writes them for the
+    /// info's kind.
     pub(crate) fn header(&self) -> Header {
+        let (min_sockaddr, max_sockaddr) = sockaddr_sizes(self.kind);
         Header {
-            service_flags1: self.service_flags1,
-            provider_flags: self.provider_flags,
-            catalog_entry_id: self.catalog_entry_id,
-            chain_len: self.chain_len,
-            version: self.version,
+            service_flags1: service_flags(self.kind),
+            provider_flags: pfl::MATCHES_PROTOCOL_ZERO,
+            catalog_entry_id: catalog_entry_id(self.kind),
+            chain_len: BASE_PROTOCOL,
+            version: 2,
             kind: self.kind,
-            min_sockaddr: self.min_sockaddr,
-            max_sockaddr: self.max_sockaddr,
-            message_size: self.message_size,
+            min_sockaddr,
+            max_sockaddr,
+            message_size: if self.kind.is_udp() {
+                TCP_UDP_MESSAGE_SIZE
+            } else {
+                0
+            },
         }
     }
 
@@ -323,11 +272,12 @@ impl Info {
     }
 }
 
-/// The integrity tag of well-formed info bytes (either form) whose name is `name` and
-/// whose bytes after it are zero: that of their W form, which for the A form is its own
-/// bytes with the name widened.
+/// The integrity tag of well-formed info bytes (either form) whose name is `name`: that
+/// of their W form, whatever follows the name counted as zeros (it carries nothing), which
+/// for the A form is its own bytes with the name widened.
 fn tag_of_bytes(bytes: &[u8], name: &str) -> u32 {
     if let Ok(mut w) = <[u8; INFO_W_SIZE]>::try_from(bytes) {
+        w[offset::SZ_PROTOCOL + 2 * name.len()..].fill(0);
         return tag_of(&mut w);
     }
     let mut w = [0u8; INFO_W_SIZE];
