@@ -83,6 +83,16 @@ fn stolen(report: &str) -> usize {
 /// P and the helper. A listener keeps the credentials of the process that called
 /// `listen`, so a connection to it reports pid P whoever has P now.
 fn stolen_listener() -> (u32, Peer) {
+    let (maker, helper) = handed_listener();
+    let p = maker.pid;
+    // Exited and reaped: P is free for the next process.
+    maker.exit();
+    (p, helper)
+}
+
+/// The staging of [`stolen_listener`] up to the maker's exit: returns the maker (pid P,
+/// alive, its listeners still open but never accepted on) and the helper serving them.
+fn handed_listener() -> (Peer, Peer) {
     let mut squatter = peer_as(NOBODY);
     let p = squatter.pid;
     let listeners = squatter.ok(&format!("squat {p}"));
@@ -104,9 +114,7 @@ fn stolen_listener() -> (u32, Peer) {
     helper.ok(&format!("close {meeting}"));
     helper.ok(&format!("close {into}"));
     helper.ok(&format!("fake-session {handed}"));
-    // Exited and reaped: P is free for the next process.
-    squatter.exit();
-    (p, helper)
+    (squatter, helper)
 }
 
 #[test]
@@ -165,6 +173,33 @@ fn s19_pid_reuse_a_handed_over_listener_neither_blocks_nor_intercepts_the_new_se
     drop(listener);
     redeems_as_listener(&mut new, &dup.unwrap(), at);
     new.finish();
+    helper.finish();
+}
+
+/// The listener's maker P is alive (so `SO_PEERCRED` and `SO_PEERPIDFD` both name the
+/// live P), but the process that accepts and answers is the helper P handed it to: only
+/// the credentials on the answer (`SCM_CREDENTIALS`) tell them apart.
+#[test]
+fn s19_a_listener_handed_over_by_its_living_maker_never_receives_for_it() {
+    let _scene = Scene::new();
+    let (maker, mut helper) = handed_listener();
+    let p = maker.pid;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // P has no session: root's duplicate may wait for one (S18), or be refused; never
+    // may the helper receive the socket.
+    let dup = duplicate(&listener, p);
+    let report = helper.ok("fake-report");
+    assert_eq!(
+        stolen(&report),
+        0,
+        "the uid-65534 helper answering on the listener that live pid {p} bound and handed \
+         it received root's socket ({report}); the duplicate gave {}",
+        describe(&dup)
+    );
+    if let Err(e) = &dup {
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+    maker.finish();
     helper.finish();
 }
 

@@ -4,12 +4,14 @@
 //! some, and on SIGTERM serve ends their channels, they exit 0 and serve exits 0.
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, signal, wait_exit, StderrLog};
 
 // sockshare-cli depends on ws2_32 (on Linux), so cargo built the library beside this test.
 #[path = "../../ws2_32/tests/linking/mod.rs"]
@@ -47,9 +49,8 @@ fn build_worker() -> PathBuf {
 /// A running serve and what it logged; killed with its workers if the test fails.
 struct Serve {
     child: Child,
-    log: Arc<Mutex<String>>,
-    /// Reads serve's stderr (and its workers') into `log` until every writer is gone.
-    reader: std::thread::JoinHandle<()>,
+    /// Serve's stderr (and its workers').
+    log: StderrLog,
     workers: Vec<u32>,
 }
 
@@ -65,27 +66,16 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting sockshare serve");
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let log = StderrLog::capture(child.stderr.take().expect("piped"));
         Serve {
             child,
             log,
-            reader,
             workers: Vec::new(),
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log.text()
     }
 
     /// Waits until the log has `what`, failing if serve exits or the deadline passes.
@@ -111,19 +101,10 @@ impl Serve {
     /// log then.
     fn wait(&mut self) -> ExitStatus {
         let end = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for serve") {
-                break status;
-            }
-            assert!(
-                Instant::now() < end,
-                "serve did not exit within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_exit(&mut self.child, DEADLINE)
+            .unwrap_or_else(|| panic!("serve did not exit within {DEADLINE:?}:\n{}", self.log()));
         // A worker that outlived serve would hold stderr open: bounded too.
-        while !self.reader.is_finished() {
+        while !self.log.is_finished() {
             assert!(
                 Instant::now() < end,
                 "serve exited ({status}) but its stderr stays open (a worker left?):\n{}",
@@ -145,28 +126,16 @@ impl Drop for Serve {
         // ignored it, or the test's failure on a worker that outlived serve.
         for &pid in &self.workers {
             if is_worker(pid) {
-                signal(pid, libc::SIGKILL);
+                assert!(signal(pid, libc::SIGKILL), "kill({pid}, SIGKILL)");
             }
         }
     }
-}
-
-fn signal(pid: u32, signal: i32) {
-    // SAFETY: kill(2) on a pid and a signal number only sends a signal.
-    let sent = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(sent, 0, "kill({pid}, {signal})");
 }
 
 /// Whether `pid` is (still) a dispatch_worker, not some later process with its number.
 fn is_worker(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("dispatch_worker"))
-}
-
-/// A port nothing listens on right now (serve binds it next).
-fn free_port() -> u16 {
-    let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a probe");
-    probe.local_addr().expect("the probe's address").port()
 }
 
 #[test]
@@ -222,7 +191,10 @@ fn c_workers_answer_every_connection_and_exit_0_when_serve_stops() {
         serve.log()
     );
 
-    signal(serve.child.id(), libc::SIGTERM);
+    assert!(
+        signal(serve.child.id(), libc::SIGTERM),
+        "kill(serve, SIGTERM)"
+    );
     let status = serve.wait();
     let log = serve.log();
     assert!(status.success(), "serve exited with {status}:\n{log}");

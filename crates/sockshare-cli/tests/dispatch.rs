@@ -5,9 +5,12 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, signal, wait_exit};
 
 const SOCKSHARE: &str = env!("CARGO_BIN_EXE_sockshare");
 
@@ -24,11 +27,7 @@ impl Serve {
 
     /// With `hello` options for the workers.
     fn start_with(workers: u32, extra: &[&str], hello: &[&str]) -> Serve {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut child = Command::new(SOCKSHARE)
             .args(["serve", "--dispatch", "--workers", &workers.to_string()])
             .args(["--listen", &format!("web=tcp:{addr}")])
@@ -69,7 +68,7 @@ impl Serve {
     /// SIGTERM, and serve's exit status within 30 s.
     fn stop(mut self) -> std::process::ExitStatus {
         signal(self.pid(), libc::SIGTERM);
-        wait_for(&mut self.child, Duration::from_secs(30)).expect("serve did not stop")
+        wait_exit(&mut self.child, Duration::from_secs(30)).expect("serve did not stop")
     }
 }
 
@@ -77,30 +76,12 @@ impl Drop for Serve {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
             signal(self.pid(), libc::SIGTERM);
-            if wait_for(&mut self.child, Duration::from_secs(10)).is_none() {
+            if wait_exit(&mut self.child, Duration::from_secs(10)).is_none() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }
         }
     }
-}
-
-fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(pid: u32, signal: i32) {
-    // SAFETY: kill takes plain integers; the pids are this test's children (or theirs).
-    unsafe { libc::kill(pid as i32, signal) };
 }
 
 /// One request on a new connection: the answering worker's pid and generation, or the

@@ -20,13 +20,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use rustix::process::{Pid, Signal};
+
+mod common;
+use common::{free_port, signal, wait_exit, StderrLog};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sockshare");
 /// The longest any one wait may take before the test fails.
@@ -89,29 +91,6 @@ fn write_script(path: &Path, body: &str) {
     std::fs::rename(&next, path).expect("replacing the script");
 }
 
-/// A port free on 127.0.0.1 for TCP and UDP, and no other test's of this run. It is below
-/// the ephemeral range: a port from there (what binding port 0 gives) may have become a
-/// client connection's own by the time serve binds it (EADDRINUSE).
-fn free_port() -> u16 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
-        .unwrap_or(32768);
-    let (base, span) = (10_000, ephemeral.saturating_sub(10_000).max(1000));
-    // Runs of the tests side by side start at different places.
-    let start = std::process::id() as usize * 7919;
-    for _ in 0..span {
-        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free port below {ephemeral}");
-}
-
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -151,13 +130,6 @@ fn place_fds(cmd: &mut Command, fds: &[(BorrowedFd<'_>, i32)]) -> Vec<OwnedFd> {
         });
     }
     copies
-}
-
-/// Sends `signal` to `pid`, ignoring a process already gone.
-fn kill(pid: u32, signal: Signal) {
-    if let Some(pid) = Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, signal);
-    }
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -220,20 +192,6 @@ fn fds(pid: u32) -> BTreeMap<i32, String> {
         .collect()
 }
 
-/// Waits for a child, up to `within`.
-fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            return Some(status);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Runs a command to its end (killed, and the test failed, after `LIMIT`).
 fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
@@ -249,7 +207,7 @@ fn run(cmd: &mut Command) -> Output {
     match rx.recv_timeout(LIMIT) {
         Ok(out) => out.expect("waiting for a command"),
         Err(_) => {
-            kill(pid, Signal::KILL);
+            signal(pid, libc::SIGKILL);
             panic!("{shown} did not finish within {LIMIT:?}");
         }
     }
@@ -274,7 +232,7 @@ fn reload(pid: u32) -> Result<String, String> {
 /// log. Dropping it kills it and every process below it.
 struct Serve {
     child: Child,
-    log: Arc<Mutex<String>>,
+    log: StderrLog,
 }
 
 impl Serve {
@@ -295,17 +253,7 @@ impl Serve {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         drop(copies);
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let log = StderrLog::capture(child.stderr.take().expect("piped"));
         Serve { child, log }
     }
 
@@ -314,7 +262,7 @@ impl Serve {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log.text()
     }
 
     /// Waits until the log has `needle`; returns the log. Fails at once if serve exited
@@ -351,7 +299,7 @@ impl Serve {
     /// SIGTERM, then waits for the exit; returns how long it took.
     fn stop(&mut self) -> (ExitStatus, Duration) {
         let asked = Instant::now();
-        kill(self.pid(), Signal::TERM);
+        signal(self.pid(), libc::SIGTERM);
         let status = wait_exit(&mut self.child, LIMIT)
             .unwrap_or_else(|| panic!("serve did not exit within {LIMIT:?} of SIGTERM"));
         (status, asked.elapsed())
@@ -368,7 +316,7 @@ impl Drop for Serve {
         let _ = self.child.wait();
         // Workers that ignore the SIGTERM serve's death sends them.
         for pid in below {
-            kill(pid, Signal::KILL);
+            signal(pid, libc::SIGKILL);
         }
     }
 }
@@ -773,7 +721,7 @@ fn a_killed_worker_is_restarted_and_waiting_clients_are_answered() {
     write_script(&script, &format!("sleep 1\nexec {BIN} hello"));
     let (serve, port) = serve_on_tcp(&[], &["/bin/sh", script.to_str().unwrap()]);
     let (first, _) = answer("before the crash", ask_tcp(port));
-    kill(first, Signal::KILL);
+    signal(first, libc::SIGKILL);
     serve.wait_log(&format!(
         "worker {first} exited (signal 9); restarting it in 0.1 s"
     ));

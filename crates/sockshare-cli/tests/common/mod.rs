@@ -1,6 +1,14 @@
 //! What the command's test files share.
+// Each test file is a crate of its own and uses only some of these.
+#![allow(dead_code)]
 
 use std::process::Command;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+#[allow(unused_imports)]
+pub use linux::*;
 
 /// Runs `sockshare ARGS`, checks that it succeeded, and returns its stdout.
 pub fn sockshare(args: &[&str]) -> String {
