@@ -358,7 +358,7 @@ impl<'a> Supervisor<'a> {
         };
         if self.stopping.is_some() {
             log(format_args!("{name} again: killing every worker"));
-            self.every_generation(|g| g.signal_all(Signal::KILL));
+            self.generations().for_each(|g| g.signal_all(Signal::KILL));
             return;
         }
         log(format_args!("{name}: stopping every worker"));
@@ -382,10 +382,21 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn every_generation(&self, mut f: impl FnMut(&Generation)) {
-        self.starting.iter().for_each(|s| f(&s.generation));
-        self.serving.iter().for_each(&mut f);
-        self.draining.iter().for_each(|d| f(&d.generation));
+    /// Every generation: the starting one, the serving one, the draining ones.
+    fn generations(&self) -> impl Iterator<Item = &Generation> {
+        self.starting
+            .iter()
+            .map(|s| &s.generation)
+            .chain(self.serving.iter())
+            .chain(self.draining.iter().map(|d| &d.generation))
+    }
+
+    fn generations_mut(&mut self) -> impl Iterator<Item = &mut Generation> {
+        self.starting
+            .iter_mut()
+            .map(|s| &mut s.generation)
+            .chain(self.serving.iter_mut())
+            .chain(self.draining.iter_mut().map(|d| &mut d.generation))
     }
 
     fn drain(&mut self, mut generation: Generation) {
@@ -485,37 +496,25 @@ impl<'a> Supervisor<'a> {
         if self.stopping.is_none() {
             fds.extend(d.watch());
         }
-        let generations = self
-            .starting
-            .iter()
-            .map(|s| &s.generation)
-            .chain(self.serving.iter())
-            .chain(self.draining.iter().map(|d| &d.generation));
-        for g in generations {
-            fds.extend(
-                g.workers
-                    .iter()
-                    .filter_map(|w| w.link.as_ref())
-                    .filter(|l| l.watched())
-                    .map(|l| l.as_fd()),
-            );
-        }
+        fds.extend(
+            self.generations()
+                .flat_map(|g| &g.workers)
+                .filter_map(|w| w.link.as_ref())
+                .filter(|l| l.watched())
+                .map(|l| l.as_fd()),
+        );
         fds
     }
 
     /// Under `--dispatch`: reads the reports of the channels in `ready`, accepts on the
     /// listeners in `ready`, and hands out what serve holds to the serving generation.
     pub fn dispatch(&mut self, ready: &[i32]) {
-        let Some(d) = &mut self.dispatcher else {
+        if self.dispatcher.is_none() {
             return;
-        };
+        }
         let links = self
-            .starting
-            .iter_mut()
-            .map(|s| &mut s.generation)
-            .chain(self.serving.iter_mut())
-            .chain(self.draining.iter_mut().map(|d| &mut d.generation))
-            .flat_map(|g| g.workers.iter_mut())
+            .generations_mut()
+            .flat_map(|g| &mut g.workers)
             .filter_map(|w| w.link.as_mut());
         for link in links {
             if ready.contains(&link.as_fd().as_raw_fd()) {
@@ -525,6 +524,9 @@ impl<'a> Supervisor<'a> {
         if self.stopping.is_some() {
             return;
         }
+        let Some(d) = &mut self.dispatcher else {
+            return;
+        };
         d.accept(ready);
         let Some(g) = &mut self.serving else { return };
         let mut candidates: Vec<Candidate<'_>> = g
