@@ -199,6 +199,11 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
+    /// Whether serve holds connections not yet handed to any worker.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
     /// Gives back connections a worker never took, first in line.
     pub fn requeue(&mut self, orphans: impl Iterator<Item = (OwnedFd, u32)>) {
         let orphans: Vec<_> = orphans.collect();

@@ -164,13 +164,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let mut supervisor = Supervisor::new(config, plan, manager, dispatcher);
     supervisor.start();
+    // The descriptors poll found readable, kept across turns: under `--dispatch` the loop
+    // turns once per few connections.
+    let mut ready: Vec<i32> = Vec::new();
     loop {
         if let Some(outcome) = supervisor.finished() {
             return outcome.map_err(Into::into);
         }
-        let timeout = supervisor
-            .next_deadline()
-            .map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = rustix::event::Timespec::try_from(
+            supervisor
+                .next_deadline()
+                .saturating_duration_since(Instant::now()),
+        )
+        .unwrap_or(rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
         let mut fds = vec![
             PollFd::new(&signals, PollFlags::IN),
             PollFd::new(&notify_socket, PollFlags::IN),
@@ -178,32 +187,36 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if let Some(c) = &control {
             fds.push(PollFd::new(c, PollFlags::IN));
         }
-        let watched = supervisor.watch();
-        fds.extend(watched.iter().map(|fd| PollFd::new(fd, PollFlags::IN)));
-        let timeout = timeout.map(|t| {
-            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            })
-        });
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        fds.extend(
+            supervisor
+                .watch()
+                .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)),
+        );
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<i32> = fds
-            .iter()
-            .filter(|p| !p.revents().is_empty())
-            .map(|p| p.as_fd().as_raw_fd())
-            .collect();
+        ready.clear();
+        ready.extend(
+            fds.iter()
+                .filter(|p| !p.revents().is_empty())
+                .map(|p| p.as_fd().as_raw_fd()),
+        );
         drop(fds);
-        drop(watched);
-        for signal in signals.pending()? {
-            supervisor.on_signal(signal);
+        // Each of serve's own sockets is read only when poll says so: not three system
+        // calls that find nothing at every turn.
+        let is_ready = |fd: &dyn AsFd| ready.contains(&fd.as_fd().as_raw_fd());
+        if is_ready(&signals) {
+            for signal in signals.pending()? {
+                supervisor.on_signal(signal);
+            }
         }
-        while let Some(message) = notify_socket.receive()? {
-            supervisor.on_message(&message);
+        if is_ready(&notify_socket) {
+            while let Some(message) = notify_socket.receive()? {
+                supervisor.on_message(&message);
+            }
         }
-        if let Some(c) = &control {
+        if let Some(c) = control.as_ref().filter(|c| is_ready(*c)) {
             while let Some(control::Request::Reload(stream)) = c.next() {
                 supervisor.reload(Some(stream), "sockshare reload");
             }

@@ -488,22 +488,19 @@ impl<'a> Supervisor<'a> {
 
     /// Under `--dispatch`, what the loop waits on besides its own: the listeners (not
     /// once stopping) and every worker's channel (for its reports).
-    pub fn watch(&self) -> Vec<BorrowedFd<'_>> {
-        let Some(d) = &self.dispatcher else {
-            return Vec::new();
-        };
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        if self.stopping.is_none() {
-            fds.extend(d.watch());
-        }
-        fds.extend(
-            self.generations()
-                .flat_map(|g| &g.workers)
-                .filter_map(|w| w.link.as_ref())
-                .filter(|l| l.watched())
-                .map(|l| l.as_fd()),
-        );
-        fds
+    pub fn watch(&self) -> impl Iterator<Item = BorrowedFd<'_>> + '_ {
+        let listeners = self
+            .dispatcher
+            .iter()
+            .filter(|_| self.stopping.is_none())
+            .flat_map(Dispatcher::watch);
+        let links = self
+            .generations()
+            .flat_map(|g| &g.workers)
+            .filter_map(|w| w.link.as_ref())
+            .filter(|l| l.watched())
+            .map(AsFd::as_fd);
+        listeners.chain(links)
     }
 
     /// Under `--dispatch`: reads the reports of the channels in `ready`, accepts on the
@@ -528,6 +525,9 @@ impl<'a> Supervisor<'a> {
             return;
         };
         d.accept(ready);
+        if !d.has_backlog() {
+            return;
+        }
         let Some(g) = &mut self.serving else { return };
         let mut candidates: Vec<Candidate<'_>> = g
             .workers
@@ -541,21 +541,23 @@ impl<'a> Supervisor<'a> {
         d.hand_out(&mut candidates);
     }
 
-    /// When `tick` next has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let mut at: Vec<Instant> = Vec::new();
+    /// When `tick` next has something to do: at the latest in a second, as children are
+    /// looked at on SIGCHLD and at least once a second (see `reaped`).
+    pub fn next_deadline(&self) -> Instant {
+        let mut at = Instant::now() + Duration::from_secs(1);
         if let Some(s) = &self.starting {
-            at.push(s.deadline);
+            at = at.min(s.deadline);
             if let Readiness::Alive(after) = self.config.readiness {
-                at.extend(s.generation.workers.iter().map(|w| w.started + after));
+                let alive = s.generation.workers.iter().map(|w| w.started + after);
+                at = alive.fold(at, Instant::min);
             }
         }
-        at.extend(self.draining.iter().map(|d| d.deadline));
-        at.extend(self.restarts.iter().map(|r| r.at));
-        at.extend(self.stopping);
-        // Children are looked at on SIGCHLD, and at least once a second (see `reaped`).
-        at.push(Instant::now() + Duration::from_secs(1));
-        at.into_iter().min()
+        self.draining
+            .iter()
+            .map(|d| d.deadline)
+            .chain(self.restarts.iter().map(|r| r.at))
+            .chain(self.stopping)
+            .fold(at, Instant::min)
     }
 
     /// Reaps workers and acts on the deadlines that passed.
