@@ -184,21 +184,12 @@ fn reply(mut stream: impl Read + Write, answer: &[u8]) {
 
 /// Blocks SIGTERM (unless ignored) and SIGINT, returning the set `wait_for` takes.
 fn block_signals(ignore_term: bool) -> Result<libc::sigset_t> {
-    // SAFETY: `set` is initialised by sigemptyset before any other use; the calls only
-    // change it, this thread's mask and SIGTERM's disposition.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        if ignore_term {
-            libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        } else {
-            libc::sigaddset(&mut set, libc::SIGTERM);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err("cannot block signals".into());
-        }
-        Ok(set)
+    if ignore_term {
+        // SAFETY: sets SIGTERM's disposition to ignored; no handler runs.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        Ok(crate::serve::block_signals(&[libc::SIGINT])?)
+    } else {
+        Ok(crate::serve::block_signals(&[libc::SIGINT, libc::SIGTERM])?)
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 
 pub use control::reload;
+pub(crate) use signals::block as block_signals;
 pub use workers::exec;
 
 use listeners::ListenSpec;
