@@ -45,12 +45,12 @@ pub struct ServeArgs {
     workers: u32,
     /// Seconds a new generation has to become ready before it is stopped and the old one
     /// kept.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    ready_timeout: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::seconds)]
+    ready_timeout: Duration,
     /// Seconds an old generation has, after SIGTERM, to finish its connections before
     /// SIGKILL; serve's own stop allows the same.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    drain_timeout: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::seconds)]
+    drain_timeout: Duration,
     /// How a worker shows it is ready: `notify` (it sends READY=1 on NOTIFY_SOCKET,
     /// sd_notify(3)), or `alive:SECS` for programs that cannot notify (ready when still
     /// running SECS after it started).
@@ -79,11 +79,6 @@ pub struct ServeArgs {
     command: Vec<OsString>,
 }
 
-fn seconds(value: f64, option: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("--{option}: {value} is not a number of seconds").into())
-}
-
 /// Runs serve until SIGTERM or SIGINT; `Ok` when it stopped cleanly.
 ///
 /// # Errors
@@ -93,8 +88,8 @@ fn seconds(value: f64, option: &str) -> Result<Duration> {
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = Config {
         workers: args.workers as usize,
-        ready_timeout: seconds(args.ready_timeout, "ready-timeout")?,
-        drain_timeout: seconds(args.drain_timeout, "drain-timeout")?,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
         readiness: args.ready,
         max_draining: args.max_draining as usize,
     };

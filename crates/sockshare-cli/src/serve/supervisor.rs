@@ -54,12 +54,7 @@ impl FromStr for Readiness {
     fn from_str(s: &str) -> Result<Readiness, String> {
         match s.split_once(':') {
             None if s == "notify" => Ok(Readiness::Notify),
-            Some(("alive", secs)) => secs
-                .parse::<f64>()
-                .ok()
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .map(Readiness::Alive)
-                .ok_or_else(|| format!("{secs:?} is not a number of seconds")),
+            Some(("alive", secs)) => crate::seconds(secs).map(Readiness::Alive),
             _ => Err(format!("{s:?}: expected notify or alive:SECS")),
         }
     }
