@@ -61,12 +61,17 @@ pub fn run(args: &HelloArgs) -> Result<()> {
         return Err("no sockets: start it under `sockshare serve` (LISTEN_FDS is not set)".into());
     }
     let mut sockets = Vec::new();
+    // Nonblocking, once: each thread waits in poll, and the accept after a wake-up may find
+    // nothing (another worker took the client).
     for i in 0..fds.len() {
         let socket = if let Ok(Some(l)) = fds.take_tcp_listener(i) {
+            let _ = l.set_nonblocking(true);
             Socket::Tcp(l)
         } else if let Ok(Some(l)) = fds.take_unix_listener(i) {
+            let _ = l.set_nonblocking(true);
             Socket::Unix(l)
         } else if let Ok(Some(s)) = fds.take_udp_socket(i) {
+            let _ = s.set_nonblocking(true);
             Socket::Udp(s)
         } else {
             return Err(format!("socket {i} is not a TCP, Unix stream or UDP socket").into());
@@ -146,23 +151,12 @@ fn serve_dispatched(
     Ok(())
 }
 
-/// Waits up to 50 ms for a client: the stop flag is looked at between waits. The sockets
-/// stay blocking for the workers' sake and the accept after a wake-up may find nothing
-/// (another worker took it), so they are made nonblocking first.
+/// Waits up to 50 ms for a client: the stop flag is looked at between waits.
 fn readable(socket: &Socket) -> bool {
     let fd = match socket {
-        Socket::Tcp(l) => {
-            let _ = l.set_nonblocking(true);
-            l.as_fd()
-        }
-        Socket::Unix(l) => {
-            let _ = l.set_nonblocking(true);
-            l.as_fd()
-        }
-        Socket::Udp(s) => {
-            let _ = s.set_nonblocking(true);
-            s.as_fd()
-        }
+        Socket::Tcp(l) => l.as_fd(),
+        Socket::Unix(l) => l.as_fd(),
+        Socket::Udp(s) => s.as_fd(),
     };
     let mut fds = [rustix::event::PollFd::new(
         &fd,
@@ -184,21 +178,12 @@ fn reply(mut stream: impl Read + Write, answer: &[u8]) {
 
 /// Blocks SIGTERM (unless ignored) and SIGINT, returning the set `wait_for` takes.
 fn block_signals(ignore_term: bool) -> Result<libc::sigset_t> {
-    // SAFETY: `set` is initialised by sigemptyset before any other use; the calls only
-    // change it, this thread's mask and SIGTERM's disposition.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        if ignore_term {
-            libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        } else {
-            libc::sigaddset(&mut set, libc::SIGTERM);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err("cannot block signals".into());
-        }
-        Ok(set)
+    if ignore_term {
+        // SAFETY: sets SIGTERM's disposition to ignored; no handler runs.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        Ok(crate::serve::block_signals(&[libc::SIGINT])?)
+    } else {
+        Ok(crate::serve::block_signals(&[libc::SIGINT, libc::SIGTERM])?)
     }
 }
 

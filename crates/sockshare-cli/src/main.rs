@@ -15,6 +15,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// A `SECS` option's value: a non-negative number of seconds, fractions allowed; the
+/// parser of every such option, so a bad value is refused where options are read.
+#[cfg(target_os = "linux")]
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
+}
+
 #[derive(Parser)]
 #[command(
     name = "sockshare",

@@ -51,8 +51,8 @@ pub struct DispatchArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     clients: u32,
     /// Seconds each measured run lasts (the stall run lasts at least 4).
-    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
-    seconds: f64,
+    #[arg(long, default_value = "3", value_name = "SECS", value_parser = crate::seconds)]
+    seconds: Duration,
     /// Repetitions of every mode and scenario; figures are medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: u32,
@@ -359,11 +359,7 @@ pub fn run(args: &DispatchArgs) -> Result<()> {
     let (reps, length) = if args.quick {
         (1, Duration::from_millis(500))
     } else {
-        (
-            args.reps,
-            Duration::try_from_secs_f64(args.seconds)
-                .map_err(|_| "--seconds: not a number of seconds")?,
-        )
+        (args.reps, args.seconds)
     };
     let scenarios: &[Scenario] = if args.quick {
         &[Scenario::Steady, Scenario::Kill]

@@ -59,15 +59,15 @@ pub struct ReloadArgs {
     #[arg(long, default_value_t = 100)]
     reloads: u32,
     /// Seconds from the end of one restart to the start of the next.
-    #[arg(long, default_value_t = 0.3, value_name = "SECS")]
-    interval: f64,
+    #[arg(long, default_value = "0.3", value_name = "SECS", value_parser = crate::seconds)]
+    interval: Duration,
     /// Workers per generation (`sockshare serve --workers`).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
     /// Seconds a client waits to connect and for its answer before counting a timeout
     /// (default 2; 0.2 with `--udp`, where a timeout is a lost datagram).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = crate::seconds)]
+    timeout: Option<Duration>,
     /// A smoke run for CI: 5 reloads 0.2 s apart, serve mode.
     #[arg(long, conflicts_with_all = ["mode", "reloads", "interval"])]
     quick: bool,
@@ -490,17 +490,18 @@ impl Summary {
 /// asked for. Failed requests and reloads are figures, not errors.
 pub fn run(args: &ReloadArgs) -> Result<()> {
     let (reloads, interval) = if args.quick {
-        (5, 0.2)
+        (5, Duration::from_millis(200))
     } else {
         (args.reloads, args.interval)
     };
-    let interval = Duration::try_from_secs_f64(interval)
-        .map_err(|_| format!("--interval: {interval} is not a number of seconds"))?;
-    let timeout = args.timeout.unwrap_or(if args.udp { 0.2 } else { 2.0 });
-    let timeout = Duration::try_from_secs_f64(timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| format!("--timeout: {timeout} is not a positive number of seconds"))?;
+    let timeout = args.timeout.unwrap_or(if args.udp {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    });
+    if timeout.is_zero() {
+        return Err("--timeout: 0 is not a positive number of seconds".into());
+    }
     let dir = std::env::temp_dir().join(format!("sockshare-bench-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let log_path = args

@@ -19,7 +19,6 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// Serve's timeouts in the run: generous, so only a stuck process reaches them.
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `sockshare reload` may wait for its outcome.
 /// A loopback port free for TCP and UDP, below the ephemeral range: a client's connection
 /// can then never take it as its own local port while a naive restart has it unbound.
 pub(super) fn free_port() -> Result<u16> {
@@ -90,19 +89,15 @@ impl Serve {
 
     /// Waits until serve says `READY=1` (its first generation took over).
     pub(super) fn wait_ready(&mut self, notify: &Notify, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
+        poll_until(within, "serve not ready", || {
             if notify.drain() {
-                return Ok(());
+                return Ok(Some(()));
             }
-            if let Some(status) = self.exited()? {
-                return Err(format!("serve exited ({status}) before it was ready").into());
+            match self.exited()? {
+                Some(status) => Err(format!("serve exited ({status}) before it was ready").into()),
+                None => Ok(None),
             }
-            if Instant::now() >= deadline {
-                return Err(format!("serve not ready within {} s", within.as_secs()).into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        })
     }
 
     /// SIGTERM, then waits for serve to exit (its workers drain first).
@@ -111,16 +106,26 @@ impl Serve {
             // Not reaped yet, so the pid is still serve's.
             rustix::process::kill_process(pid, Signal::TERM)?;
         }
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.exited()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("serve did not stop within {} s", within.as_secs()).into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        poll_until(within, "serve did not stop", || self.exited())
+    }
+}
+
+/// Calls `look` every 2 ms until it has an answer or `within` has passed (then the error
+/// says `what` within how long).
+fn poll_until<T>(
+    within: Duration,
+    what: &str,
+    mut look: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(answer) = look()? {
+            return Ok(answer);
         }
+        if Instant::now() >= deadline {
+            return Err(format!("{what} within {} s", within.as_secs()).into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -28,10 +28,10 @@ const ACCEPT_BATCH: usize = 64;
 /// Serve's end of one worker's channel, and what the worker holds of serve's.
 pub struct Link {
     fd: OwnedFd,
+    /// The sequence number of the next connection handed: 1 + those handed so far.
     next_seq: u64,
     /// Handed and not yet reported taken: serve's own descriptor of each.
     pending: VecDeque<(u64, OwnedFd, u32)>,
-    handed: u64,
     done: u64,
     /// Set once serve has ended the channel: nothing more is handed.
     closed: bool,
@@ -58,7 +58,6 @@ impl Link {
             fd: ours,
             next_seq: 1,
             pending: VecDeque::new(),
-            handed: 0,
             done: 0,
             closed: false,
             hung_up: false,
@@ -68,7 +67,7 @@ impl Link {
 
     /// Connections handed and not yet done.
     fn load(&self) -> u64 {
-        self.handed.saturating_sub(self.done)
+        (self.next_seq - 1).saturating_sub(self.done)
     }
 
     /// Reads the worker's reports: a taken connection's descriptor is closed here (the
@@ -200,6 +199,11 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
+    /// Whether serve holds connections not yet handed to any worker.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
     /// Gives back connections a worker never took, first in line.
     pub fn requeue(&mut self, orphans: impl Iterator<Item = (OwnedFd, u32)>) {
         let orphans: Vec<_> = orphans.collect();
@@ -228,7 +232,6 @@ impl<'a> Dispatcher<'a> {
             match hand(w, &conn, listener) {
                 Ok(seq) => {
                     w.link.pending.push_back((seq, conn, listener));
-                    w.link.handed += 1;
                     self.cursor = at + 1;
                 }
                 Err(e) => {

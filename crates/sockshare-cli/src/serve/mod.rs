@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 
 pub use control::reload;
+pub(crate) use signals::block as block_signals;
 pub use workers::exec;
 
 use listeners::ListenSpec;
@@ -44,12 +45,12 @@ pub struct ServeArgs {
     workers: u32,
     /// Seconds a new generation has to become ready before it is stopped and the old one
     /// kept.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    ready_timeout: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::seconds)]
+    ready_timeout: Duration,
     /// Seconds an old generation has, after SIGTERM, to finish its connections before
     /// SIGKILL; serve's own stop allows the same.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    drain_timeout: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::seconds)]
+    drain_timeout: Duration,
     /// How a worker shows it is ready: `notify` (it sends READY=1 on NOTIFY_SOCKET,
     /// sd_notify(3)), or `alive:SECS` for programs that cannot notify (ready when still
     /// running SECS after it started).
@@ -78,11 +79,6 @@ pub struct ServeArgs {
     command: Vec<OsString>,
 }
 
-fn seconds(value: f64, option: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("--{option}: {value} is not a number of seconds").into())
-}
-
 /// Runs serve until SIGTERM or SIGINT; `Ok` when it stopped cleanly.
 ///
 /// # Errors
@@ -92,8 +88,8 @@ fn seconds(value: f64, option: &str) -> Result<Duration> {
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = Config {
         workers: args.workers as usize,
-        ready_timeout: seconds(args.ready_timeout, "ready-timeout")?,
-        drain_timeout: seconds(args.drain_timeout, "drain-timeout")?,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
         readiness: args.ready,
         max_draining: args.max_draining as usize,
     };
@@ -164,13 +160,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let mut supervisor = Supervisor::new(config, plan, manager, dispatcher);
     supervisor.start();
+    // The descriptors poll found readable, kept across turns: under `--dispatch` the loop
+    // turns once per few connections.
+    let mut ready: Vec<i32> = Vec::new();
     loop {
         if let Some(outcome) = supervisor.finished() {
             return outcome.map_err(Into::into);
         }
-        let timeout = supervisor
-            .next_deadline()
-            .map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = rustix::event::Timespec::try_from(
+            supervisor
+                .next_deadline()
+                .saturating_duration_since(Instant::now()),
+        )
+        .unwrap_or(rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
         let mut fds = vec![
             PollFd::new(&signals, PollFlags::IN),
             PollFd::new(&notify_socket, PollFlags::IN),
@@ -178,32 +183,36 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if let Some(c) = &control {
             fds.push(PollFd::new(c, PollFlags::IN));
         }
-        let watched = supervisor.watch();
-        fds.extend(watched.iter().map(|fd| PollFd::new(fd, PollFlags::IN)));
-        let timeout = timeout.map(|t| {
-            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            })
-        });
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        fds.extend(
+            supervisor
+                .watch()
+                .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)),
+        );
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<i32> = fds
-            .iter()
-            .filter(|p| !p.revents().is_empty())
-            .map(|p| p.as_fd().as_raw_fd())
-            .collect();
+        ready.clear();
+        ready.extend(
+            fds.iter()
+                .filter(|p| !p.revents().is_empty())
+                .map(|p| p.as_fd().as_raw_fd()),
+        );
         drop(fds);
-        drop(watched);
-        for signal in signals.pending()? {
-            supervisor.on_signal(signal);
+        // Each of serve's own sockets is read only when poll says so: not three system
+        // calls that find nothing at every turn.
+        let is_ready = |fd: &dyn AsFd| ready.contains(&fd.as_fd().as_raw_fd());
+        if is_ready(&signals) {
+            for signal in signals.pending()? {
+                supervisor.on_signal(signal);
+            }
         }
-        while let Some(message) = notify_socket.receive()? {
-            supervisor.on_message(&message);
+        if is_ready(&notify_socket) {
+            while let Some(message) = notify_socket.receive()? {
+                supervisor.on_message(&message);
+            }
         }
-        if let Some(c) = &control {
+        if let Some(c) = control.as_ref().filter(|c| is_ready(*c)) {
             while let Some(control::Request::Reload(stream)) = c.next() {
                 supervisor.reload(Some(stream), "sockshare reload");
             }

@@ -1,7 +1,7 @@
 //! Serve's signals as readable events (signalfd(2)): SIGHUP (reload), SIGTERM and SIGINT
 //! (stop), SIGCHLD (a worker changed state). They are blocked, so none interrupts serve
 //! between two steps; children start with an empty mask (the standard library resets it
-//! before exec).
+//! before exec). [`block`] is the mask alone, which `sockshare hello` uses too.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -20,21 +20,11 @@ impl Signals {
     ///
     /// # Errors
     ///
-    /// The errors of `sigprocmask` or `signalfd`.
+    /// The errors of `pthread_sigmask` or `signalfd`.
     pub fn block() -> io::Result<Signals> {
-        // SAFETY: `set` is a sigset_t, initialised by sigemptyset before any other use;
-        // the calls only read and write it and this thread's mask.
-        let fd = unsafe {
-            let mut set = std::mem::zeroed::<libc::sigset_t>();
-            libc::sigemptyset(&mut set);
-            for s in HANDLED {
-                libc::sigaddset(&mut set, s);
-            }
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-        };
+        let set = block(&HANDLED)?;
+        // SAFETY: `set` is an initialised sigset_t; signalfd only reads it.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -75,6 +65,29 @@ impl Signals {
                 return Ok(out);
             }
             out.push(info.ssi_signo as i32);
+        }
+    }
+}
+
+/// Blocks `signals` in this thread, and so in the threads it starts afterwards; the set,
+/// for signalfd or sigwait.
+///
+/// # Errors
+///
+/// The error of `pthread_sigmask`.
+pub fn block(signals: &[i32]) -> io::Result<libc::sigset_t> {
+    // SAFETY: `set` is a sigset_t, initialised by sigemptyset before any other use; the
+    // calls only read and write it and this thread's mask.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        // pthread_sigmask returns the error number; it does not set errno.
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(set),
+            e => Err(io::Error::from_raw_os_error(e)),
         }
     }
 }

@@ -54,12 +54,7 @@ impl FromStr for Readiness {
     fn from_str(s: &str) -> Result<Readiness, String> {
         match s.split_once(':') {
             None if s == "notify" => Ok(Readiness::Notify),
-            Some(("alive", secs)) => secs
-                .parse::<f64>()
-                .ok()
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .map(Readiness::Alive)
-                .ok_or_else(|| format!("{secs:?} is not a number of seconds")),
+            Some(("alive", secs)) => crate::seconds(secs).map(Readiness::Alive),
             _ => Err(format!("{s:?}: expected notify or alive:SECS")),
         }
     }
@@ -358,7 +353,7 @@ impl<'a> Supervisor<'a> {
         };
         if self.stopping.is_some() {
             log(format_args!("{name} again: killing every worker"));
-            self.every_generation(|g| g.signal_all(Signal::KILL));
+            self.generations().for_each(|g| g.signal_all(Signal::KILL));
             return;
         }
         log(format_args!("{name}: stopping every worker"));
@@ -382,10 +377,21 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn every_generation(&self, mut f: impl FnMut(&Generation)) {
-        self.starting.iter().for_each(|s| f(&s.generation));
-        self.serving.iter().for_each(&mut f);
-        self.draining.iter().for_each(|d| f(&d.generation));
+    /// Every generation: the starting one, the serving one, the draining ones.
+    fn generations(&self) -> impl Iterator<Item = &Generation> {
+        self.starting
+            .iter()
+            .map(|s| &s.generation)
+            .chain(self.serving.iter())
+            .chain(self.draining.iter().map(|d| &d.generation))
+    }
+
+    fn generations_mut(&mut self) -> impl Iterator<Item = &mut Generation> {
+        self.starting
+            .iter_mut()
+            .map(|s| &mut s.generation)
+            .chain(self.serving.iter_mut())
+            .chain(self.draining.iter_mut().map(|d| &mut d.generation))
     }
 
     fn drain(&mut self, mut generation: Generation) {
@@ -477,45 +483,30 @@ impl<'a> Supervisor<'a> {
 
     /// Under `--dispatch`, what the loop waits on besides its own: the listeners (not
     /// once stopping) and every worker's channel (for its reports).
-    pub fn watch(&self) -> Vec<BorrowedFd<'_>> {
-        let Some(d) = &self.dispatcher else {
-            return Vec::new();
-        };
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        if self.stopping.is_none() {
-            fds.extend(d.watch());
-        }
-        let generations = self
-            .starting
+    pub fn watch(&self) -> impl Iterator<Item = BorrowedFd<'_>> + '_ {
+        let listeners = self
+            .dispatcher
             .iter()
-            .map(|s| &s.generation)
-            .chain(self.serving.iter())
-            .chain(self.draining.iter().map(|d| &d.generation));
-        for g in generations {
-            fds.extend(
-                g.workers
-                    .iter()
-                    .filter_map(|w| w.link.as_ref())
-                    .filter(|l| l.watched())
-                    .map(|l| l.as_fd()),
-            );
-        }
-        fds
+            .filter(|_| self.stopping.is_none())
+            .flat_map(Dispatcher::watch);
+        let links = self
+            .generations()
+            .flat_map(|g| &g.workers)
+            .filter_map(|w| w.link.as_ref())
+            .filter(|l| l.watched())
+            .map(AsFd::as_fd);
+        listeners.chain(links)
     }
 
     /// Under `--dispatch`: reads the reports of the channels in `ready`, accepts on the
     /// listeners in `ready`, and hands out what serve holds to the serving generation.
     pub fn dispatch(&mut self, ready: &[i32]) {
-        let Some(d) = &mut self.dispatcher else {
+        if self.dispatcher.is_none() {
             return;
-        };
+        }
         let links = self
-            .starting
-            .iter_mut()
-            .map(|s| &mut s.generation)
-            .chain(self.serving.iter_mut())
-            .chain(self.draining.iter_mut().map(|d| &mut d.generation))
-            .flat_map(|g| g.workers.iter_mut())
+            .generations_mut()
+            .flat_map(|g| &mut g.workers)
             .filter_map(|w| w.link.as_mut());
         for link in links {
             if ready.contains(&link.as_fd().as_raw_fd()) {
@@ -525,7 +516,13 @@ impl<'a> Supervisor<'a> {
         if self.stopping.is_some() {
             return;
         }
+        let Some(d) = &mut self.dispatcher else {
+            return;
+        };
         d.accept(ready);
+        if !d.has_backlog() {
+            return;
+        }
         let Some(g) = &mut self.serving else { return };
         let mut candidates: Vec<Candidate<'_>> = g
             .workers
@@ -539,21 +536,23 @@ impl<'a> Supervisor<'a> {
         d.hand_out(&mut candidates);
     }
 
-    /// When `tick` next has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let mut at: Vec<Instant> = Vec::new();
+    /// When `tick` next has something to do: at the latest in a second, as children are
+    /// looked at on SIGCHLD and at least once a second (see `reaped`).
+    pub fn next_deadline(&self) -> Instant {
+        let mut at = Instant::now() + Duration::from_secs(1);
         if let Some(s) = &self.starting {
-            at.push(s.deadline);
+            at = at.min(s.deadline);
             if let Readiness::Alive(after) = self.config.readiness {
-                at.extend(s.generation.workers.iter().map(|w| w.started + after));
+                let alive = s.generation.workers.iter().map(|w| w.started + after);
+                at = alive.fold(at, Instant::min);
             }
         }
-        at.extend(self.draining.iter().map(|d| d.deadline));
-        at.extend(self.restarts.iter().map(|r| r.at));
-        at.extend(self.stopping);
-        // Children are looked at on SIGCHLD, and at least once a second (see `reaped`).
-        at.push(Instant::now() + Duration::from_secs(1));
-        at.into_iter().min()
+        self.draining
+            .iter()
+            .map(|d| d.deadline)
+            .chain(self.restarts.iter().map(|r| r.at))
+            .chain(self.stopping)
+            .fold(at, Instant::min)
     }
 
     /// Reaps workers and acts on the deadlines that passed.
