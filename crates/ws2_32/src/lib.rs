@@ -446,20 +446,36 @@ pub unsafe extern "C" fn WSASocketW(
 /// `closesocket`: closes the descriptor. The underlying socket closes when its last
 /// descriptor, in any process, closes.
 ///
+/// A number that is not a socket `WSASocketA/W` returned (and `closesocket` has not yet
+/// closed) is checked first (`getsockopt`): one that is not an open socket is left alone
+/// and reported. A number `WSASocket` returned is closed without that check, which is one
+/// system call of the three a shared socket's `WSASocket` and `closesocket` cost. The
+/// difference shows only in a program that closed such a socket with `close(2)` itself
+/// and then calls `closesocket` on the reused number: the number's new occupant is
+/// closed, as a second `close(2)` would, where Windows (which has no `close` for
+/// sockets) reports `WSAENOTSOCK` for a non-socket.
+///
 /// Returns 0, or `SOCKET_ERROR` with `WSANOTINITIALISED` or `WSAENOTSOCK`.
 #[no_mangle]
 pub extern "C" fn closesocket(s: SOCKET) -> c_int {
     int_result(boundary(|| {
         let mut st = state()?;
         require_started(&st)?;
-        let fd = socket_fd(s)?;
-        if let Some(id) = st.sockets.get_mut(fd as usize) {
-            *id = 0;
+        let fd = descriptor(s)?;
+        match st.sockets.get_mut(fd as usize) {
+            Some(id) if *id != 0 => *id = 0,
+            _ => {
+                socket_fd(s)?;
+            }
         }
         // SAFETY: the caller hands the descriptor over to be closed, as with close(2);
-        // it was checked to be an open socket. Linux releases the descriptor even when
-        // close reports EINTR, so the result carries nothing to act on.
-        unsafe { libc::close(fd) };
+        // it is an open socket: WSASocket's (the table says so), or checked above.
+        if unsafe { libc::close(fd) } != 0 && errno() == libc::EBADF {
+            // A WSASocket number the program closed behind the library's back, and not
+            // reused. (Linux releases the descriptor even when close reports EINTR: no
+            // other result carries anything to act on.)
+            return Err(WSAENOTSOCK);
+        }
         Ok(())
     }))
 }

@@ -410,6 +410,24 @@ static void last_error(void)
     CHECK(WSAGetLastError() == 4242);
 }
 
+/* closesocket of a number WSASocket returned closes it without a check of its own: a
+   second closesocket, or one of a number the program closed itself, is still WSAENOTSOCK
+   (the close finds nothing), and leaves every other descriptor open. */
+static void closesocket_twice(void)
+{
+    int fds = count_fds();
+    SOCKET s = WSASocketA(AF_INET, SOCK_DGRAM, 0, NULL, 0, 0);
+    CHECK(s != INVALID_SOCKET);
+    CHECK(closesocket(s) == 0);
+    CHECK(!is_open((int)s));
+    EXPECT_ERR(closesocket(s), SOCKET_ERROR, WSAENOTSOCK);
+    SOCKET behind = WSASocketA(AF_INET, SOCK_DGRAM, 0, NULL, 0, 0);
+    CHECK(behind != INVALID_SOCKET);
+    close((int)behind); /* behind the library's back, the number not reused */
+    EXPECT_ERR(closesocket(behind), SOCKET_ERROR, WSAENOTSOCK);
+    CHECK(count_fds() == fds);
+}
+
 /* The last WSACleanup closes the sockets WSASocket made (not those closesocket closed,
    nor a number the program reused, for a file or for another socket) and releases infos
    never redeemed. */
@@ -468,6 +486,7 @@ int main(int argc, char **argv)
     other_process();
     inheritance(argv[0]);
     ioctls();
+    closesocket_twice();
     last_error();
     CHECK(WSACleanup() == 0);
     CHECK(count_fds() == fds);
