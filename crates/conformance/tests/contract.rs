@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use conformance::{
     assert_eof, assert_still_open, descendant, from_hex, hex_w, info_from_hex, tcp_pair, to_hex,
@@ -992,4 +992,40 @@ fn s10_a_source_out_of_descriptors_gets_wsaemfile_and_keeps_its_socket() {
     source.ok("nofile 4096");
     source.finish();
     target.finish();
+}
+
+/// While this process redeems, its session's thread leaves the sources' connections to the
+/// redeems (which drain them on a miss) and stops watching them, so a push costs no
+/// wake-up of the thread. Once the redeems stop, the thread drains what came meanwhile
+/// into the table, where `pending` counts it, without any further redeem.
+#[test]
+fn sockets_pushed_while_the_target_redeems_reach_its_table_once_it_stops() {
+    let _scene = Scene::new();
+    let session = Session::new().unwrap();
+    let mut source = peer();
+    let reply = source.ok("udp-bind 127.0.0.1:0");
+    let slot = reply.split_whitespace().next().unwrap().to_owned();
+    let dup = |source: &mut Peer| {
+        let hex = source.ok(&format!("dup {slot} {}", session.pid()));
+        ProtocolInfo::from_bytes(&from_hex(&hex).unwrap()).unwrap()
+    };
+    // Pushes that follow redeems within a millisecond: the thread goes quiet.
+    for _ in 0..8 {
+        let info = dup(&mut source);
+        drop(session.redeem(&info).unwrap());
+    }
+    for _ in 0..3 {
+        dup(&mut source);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while session.pending() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        session.pending(),
+        3,
+        "the pushes made while redeeming, drained"
+    );
+    source.ok(&format!("close {slot}"));
+    source.finish();
 }

@@ -51,8 +51,9 @@ impl Inner {
         }
     }
 
-    pub(super) fn redeemed_recently(&self) -> bool {
-        self.last_redeem.is_some_and(|t| t.elapsed() < ACTIVE)
+    /// Whether this process redeemed within the last `within`.
+    pub(super) fn redeemed_within(&self, within: Duration) -> bool {
+        self.last_redeem.is_some_and(|t| t.elapsed() < within)
     }
 
     /// Moves one batch of the records queued on connection `slot` into the table, up to

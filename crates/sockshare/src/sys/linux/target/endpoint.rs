@@ -207,7 +207,7 @@ impl Endpoint {
             &self.epoll,
             &conn,
             epoll::EventData::new_u64(CONN_BASE + slot as u64),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET,
+            CONN_EVENTS,
         );
         if watched.is_err() || !ready(conn.as_fd()) {
             return;
@@ -221,6 +221,28 @@ impl Endpoint {
         // Data may have arrived before the watch began: edge-triggered epoll would not
         // report it.
         inner.drain_rounds(1, |_| slot, None);
+    }
+
+    /// Watches the connections for records again (`on`: re-watching reports those with
+    /// records already queued), or stops watching them, while redeems drain them.
+    fn watch_conns(&self, inner: &Inner, on: bool) {
+        let events = if on {
+            CONN_EVENTS
+        } else {
+            epoll::EventFlags::ET
+        };
+        for (slot, conn) in inner.conns.iter().enumerate() {
+            if let Some(conn) = conn {
+                // Fails only for want of kernel memory: the connection's records are then
+                // drained by redeems, and on the next change of watch.
+                let _ = epoll::modify(
+                    &self.epoll,
+                    &conn.fd,
+                    epoll::EventData::new_u64(CONN_BASE + slot as u64),
+                    events,
+                );
+            }
+        }
     }
 
     /// Connects to every keeper holding sockets for this process (see `keeper`) whose
@@ -276,14 +298,25 @@ impl Endpoint {
 }
 
 /// The session's thread: admits sources and drains their pushes into the table.
+///
+/// While the process redeems, its redeems drain inline on a miss: the thread stays out of
+/// their way (it would take a core and the table's lock from them) and stops watching the
+/// connections, so that a push costs no wake-up of the thread, until no redeem has run for
+/// `QUIET`. Otherwise it drains, then lets the next pushes gather a while: every push is
+/// a new edge of epoll, and waking for each would cost a wake-up and a turn at the lock
+/// per push.
 pub(super) fn serve(ep: &Endpoint) {
     let mut events = Vec::with_capacity(64);
     // Connections with data this thread has not drained yet.
     let mut ready: Vec<usize> = Vec::with_capacity(64);
+    // The connections are not watched: redeems drain them.
+    let mut quiet = false;
     loop {
         let starved = ep.starved();
         let timeout = if starved {
             Some(RETRY)
+        } else if quiet {
+            Some(QUIET)
         } else if !ready.is_empty() {
             Some(ACTIVE)
         } else {
@@ -325,30 +358,32 @@ pub(super) fn serve(ep: &Endpoint) {
             ep.accept_all();
         }
         let mut inner = lock(&ep.inner);
-        // While this process redeems, its redeems drain inline on a miss: the thread
-        // stays out of their way (it would take a core and the table's lock from them)
-        // and looks again once they pause. Otherwise it drains, then lets the next pushes
-        // gather a while. Either way it then sleeps: every push is a new edge of epoll,
-        // and waking for each would cost a wake-up and a turn at the lock per push.
-        let deferred = !ready.is_empty() && inner.redeemed_recently();
+        if quiet && !inner.redeemed_within(QUIET) {
+            ep.watch_conns(&inner, true);
+            quiet = false;
+        }
+        let deferred = !ready.is_empty() && inner.redeemed_within(ACTIVE);
         let drain = !ready.is_empty() && !deferred;
         if starved {
             inner.drain_all(None);
         } else if drain {
             inner.drain_rounds(ready.len(), |k| ready[k], None);
         }
+        if deferred {
+            // Connections added since (new sources, keepers) are watched: stop them too.
+            ep.watch_conns(&inner, false);
+            quiet = true;
+        }
         let retake = starved && !inner.out_of_fds;
         drop(inner);
         if retake {
             ep.retake_reserve();
         }
-        if starved || drain {
+        if starved || drain || deferred {
             ready.clear();
         }
         if drain {
             std::thread::sleep(COALESCE);
-        } else if deferred {
-            std::thread::sleep(ACTIVE);
         }
     }
 }

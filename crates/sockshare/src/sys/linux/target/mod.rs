@@ -50,6 +50,13 @@ const RETRY: Duration = Duration::from_millis(20);
 const COALESCE: Duration = Duration::from_micros(200);
 /// How recently a redeem must have run for the thread to leave draining to redeems.
 const ACTIVE: Duration = Duration::from_millis(1);
+/// How long the thread, once it has left draining to redeems, stops watching the
+/// connections: it looks again after this long without a redeem.
+const QUIET: Duration = Duration::from_millis(10);
+/// What the thread watches on a source connection: records, and its end.
+const CONN_EVENTS: epoll::EventFlags = epoll::EventFlags::IN
+    .union(epoll::EventFlags::RDHUP)
+    .union(epoll::EventFlags::ET);
 /// Records a seek peeks at once: few, since each installs copies of its descriptors.
 const SEEK_RECORDS: usize = 8;
 /// The most tokens seeks remember (16 bytes each); past it they start over.
