@@ -39,8 +39,10 @@
 //!   `WSAPROTOCOL_INFOA` to give `WSASocketA` (or [`ProtocolInfo::from_bytes`]).
 //! - Worker to serve ([`REPORT_SIZE`] bytes): `u64` the sequence number just taken (0 for
 //!   none), `u64` how many connections the worker has finished so far. A worker sends one
-//!   when it takes a connection (the done count riding along), and one with the done count
-//!   alone before it waits for the next connection.
+//!   when it takes a connection (the done count riding along). [`Worker`] also sends one
+//!   with the done count alone before it waits for the next connection, when more than
+//!   one has finished since its last report: serve's count is then never more than one
+//!   above the truth, and a handoff costs one report. Any report moves the count on.
 //! - The end of the channel (a read of 0 bytes) means: finish what you hold and exit.
 //!
 //! A worker reports a connection taken right after redeeming it, before any I/O on it: a
@@ -52,7 +54,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::info::INFO_A_SIZE;
@@ -138,29 +140,39 @@ impl Report {
 struct Shared {
     channel: OwnedFd,
     done: AtomicU64,
-    /// A connection was done since the last report: the next report says so. A busy
-    /// worker's done count rides on its next "taken" report; one that waits for work
-    /// sends it before waiting. So a handoff costs the worker one report, not two.
-    unreported: AtomicBool,
+    /// Connections done since the last report. The done count rides on the next "taken"
+    /// report; a worker about to wait for work sends it first only when more than one is
+    /// unreported (see `behind`).
+    unreported: AtomicU64,
 }
 
 impl Shared {
     /// Reports `taken` (0 for none) with the done count.
     fn report(&self, taken: u64) -> io::Result<()> {
-        // Cleared before the count is read: a connection dropped meanwhile sets it again.
-        self.unreported.store(false, Ordering::Release);
+        // Cleared before the count is read: a connection dropped meanwhile counts again.
+        self.unreported.store(0, Ordering::Release);
         let done = self.done.load(Ordering::Acquire);
         let bytes = Report { taken, done }.to_bytes();
         rustix::net::send(&self.channel, &bytes, rustix::net::SendFlags::NOSIGNAL)?;
         Ok(())
     }
 
-    /// Sends the done count if a connection was done since the last report.
-    fn flush_done(&self) -> io::Result<()> {
-        if self.unreported.load(Ordering::Acquire) {
-            self.report(0)?;
+    /// Whether serve's count of this worker's load is behind by more than one: then the
+    /// done count goes to serve before the worker waits. One connection alone waits for
+    /// the next "taken" report, so serve's count is at most one above the truth and a
+    /// handoff costs the worker one report (and serve one read), not two.
+    fn behind(&self) -> bool {
+        self.unreported.load(Ordering::Acquire) > 1
+    }
+
+    /// The next record, waiting for it.
+    fn read(&self, record: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match rustix::io::read(&self.channel, &mut *record) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => return Ok(other?),
+            }
         }
-        Ok(())
     }
 
     /// The next record, without waiting; `None` when none is queued yet.
@@ -238,7 +250,7 @@ impl Worker {
             shared: Arc::new(Shared {
                 channel,
                 done: AtomicU64::new(0),
-                unreported: AtomicBool::new(false),
+                unreported: AtomicU64::new(0),
             }),
             names: names
                 .split(':')
@@ -272,18 +284,18 @@ impl Worker {
     /// A damaged record, an info this worker's session refuses, or the channel's error.
     pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
         let mut record = [0u8; HAND_SIZE + 1];
-        let n = match self.shared.try_read(&mut record)? {
-            Some(n) => n,
-            None => {
-                // About to wait: serve learns now of the connections done meanwhile.
-                self.shared.flush_done()?;
-                loop {
-                    match rustix::io::read(&self.shared.channel, &mut record) {
-                        Err(rustix::io::Errno::INTR) => continue,
-                        other => break other?,
-                    }
+        let shared = &self.shared;
+        let n = if shared.behind() {
+            match shared.try_read(&mut record)? {
+                Some(n) => n,
+                None => {
+                    // About to wait: serve learns now of the connections done meanwhile.
+                    shared.report(0)?;
+                    shared.read(&mut record)?
                 }
             }
+        } else {
+            shared.read(&mut record)?
         };
         self.take(&record[..n])
     }
@@ -466,7 +478,7 @@ impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         // Reported with the next connection taken, or before the worker waits for one.
         self.shared.done.fetch_add(1, Ordering::AcqRel);
-        self.shared.unreported.store(true, Ordering::Release);
+        self.shared.unreported.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -584,8 +596,10 @@ mod tokio_worker {
             if let Some(n) = self.worker.shared.try_read(&mut record)? {
                 return self.finish(&record[..n]);
             }
-            // About to wait: serve learns now of the connections done meanwhile.
-            self.worker.shared.flush_done()?;
+            if self.worker.shared.behind() {
+                // About to wait: serve learns now of the connections done meanwhile.
+                self.worker.shared.report(0)?;
+            }
             let n = loop {
                 let mut ready = self.channel.readable().await?;
                 match ready.try_io(|c| Ok(rustix::io::read(&c.get_ref().0.channel, &mut record)?)) {
