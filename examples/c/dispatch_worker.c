@@ -14,7 +14,7 @@
  *      (serve closes its descriptor once       <==      report "taken"
  *       the worker reports it taken)                 9) use it: read a line, answer
  *                                                       "c-worker pid P"
- *                                              <==  10) closesocket, report "done"
+ *                                              <==  10) shutdown, closesocket, report "done"
  *
  * The channel (see `sockshare::dispatch`): SOCKSHARE_DISPATCH_FD names a SOCK_SEQPACKET
  * socket. Serve sends one record per connection, 388 bytes: u64 sequence number, u32
@@ -300,8 +300,11 @@ int main(void)
         /* 9) Use it. */
         serve_client(s);
 
-        /* 10) closesocket, and tell serve: the done count is how serve weighs its
-           workers' load. */
+        /* 10) shutdown and closesocket, and tell serve: the done count is how serve
+           weighs its workers' load. Serve may still hold its descriptor (it has not read
+           the "taken" report yet): without the shutdown the client would see the end only
+           when serve closes it. */
+        (void)shutdown((int)s, SD_BOTH); /* fails only on a connection already ended */
         if (closesocket(s) == SOCKET_ERROR)
             fail("closesocket");
         done++;

@@ -444,16 +444,22 @@ impl AsFd for Stream {
 }
 
 /// A connection a worker took: use it as the stream it holds (it derefs to it and reads
-/// and writes through it). Dropping it closes the worker's descriptor and tells serve the
-/// worker is done with one connection, which is how serve knows its load.
+/// and writes through it). Dropping it ends the connection (`shutdown(SHUT_RDWR)`, then
+/// `close`) and tells serve the worker is done with one connection, which is how serve
+/// knows its load.
+///
+/// The shutdown is why the client sees the end at once: serve keeps its own descriptor of
+/// a connection until it has read the worker's "taken" report, which may come after the
+/// worker has finished; a `close` alone would leave the connection open until then, and
+/// the client, not the server, would end it.
 #[derive(Debug)]
-pub struct Connection<S> {
+pub struct Connection<S: AsFd> {
     stream: S,
     listener: usize,
     shared: Arc<Shared>,
 }
 
-impl<S> Connection<S> {
+impl<S: AsFd> Connection<S> {
     /// The index of the listener it came from (see [`Worker::listener_names`]).
     #[must_use]
     pub fn listener(&self) -> usize {
@@ -474,15 +480,17 @@ impl<S> Connection<S> {
     }
 }
 
-impl<S> Drop for Connection<S> {
+impl<S: AsFd> Drop for Connection<S> {
     fn drop(&mut self) {
+        // Fails only when the connection is already reset or ended: nothing to do then.
+        let _ = rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both);
         // Reported with the next connection taken, or before the worker waits for one.
         self.shared.done.fetch_add(1, Ordering::AcqRel);
         self.shared.unreported.fetch_add(1, Ordering::AcqRel);
     }
 }
 
-impl<S> Deref for Connection<S> {
+impl<S: AsFd> Deref for Connection<S> {
     type Target = S;
 
     fn deref(&self) -> &S {
@@ -490,19 +498,19 @@ impl<S> Deref for Connection<S> {
     }
 }
 
-impl<S> DerefMut for Connection<S> {
+impl<S: AsFd> DerefMut for Connection<S> {
     fn deref_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 }
 
-impl<S: Read> Read for Connection<S> {
+impl<S: AsFd + Read> Read for Connection<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stream.read(buf)
     }
 }
 
-impl<S: Write> Write for Connection<S> {
+impl<S: AsFd + Write> Write for Connection<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.write(buf)
     }
@@ -528,7 +536,7 @@ impl<S: AsFd> AsFd for Connection<S> {
 mod tokio_worker {
     use super::{Connection, Shared, Worker, HAND_SIZE};
     use std::io;
-    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
     use std::pin::Pin;
     use std::sync::Arc;
     use std::task::{Context, Poll};
@@ -551,6 +559,15 @@ mod tokio_worker {
         Tcp(tokio::net::TcpStream),
         /// From a `unix:` listener.
         Unix(tokio::net::UnixStream),
+    }
+
+    impl AsFd for AsyncStream {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            match self {
+                AsyncStream::Tcp(s) => s.as_fd(),
+                AsyncStream::Unix(s) => s.as_fd(),
+            }
+        }
     }
 
     /// [`Worker`] for tokio: [`AsyncWorker::accept`] waits without blocking a thread.
@@ -680,7 +697,7 @@ mod tokio_worker {
         }
     }
 
-    impl<S: AsyncRead + Unpin> AsyncRead for Connection<S> {
+    impl<S: AsFd + AsyncRead + Unpin> AsyncRead for Connection<S> {
         fn poll_read(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -690,7 +707,7 @@ mod tokio_worker {
         }
     }
 
-    impl<S: AsyncWrite + Unpin> AsyncWrite for Connection<S> {
+    impl<S: AsFd + AsyncWrite + Unpin> AsyncWrite for Connection<S> {
         fn poll_write(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,

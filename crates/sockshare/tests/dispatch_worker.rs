@@ -39,8 +39,9 @@ fn worker() -> (Worker, UnixDatagram) {
 }
 
 /// A TCP connection handed the way serve hands it: duplicated for this process, the
-/// record sent. Returns the client's end.
-fn hand(serve: &UnixDatagram, seq: u64, listener: &TcpListener) -> TcpStream {
+/// record sent. Returns the client's end, and serve's own descriptor, which serve keeps
+/// until the worker reports the connection taken.
+fn hand_kept(serve: &UnixDatagram, seq: u64, listener: &TcpListener) -> (TcpStream, TcpStream) {
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (conn, _) = listener.accept().unwrap();
     let info = sockshare::duplicate(&conn, std::process::id()).unwrap();
@@ -50,7 +51,12 @@ fn hand(serve: &UnixDatagram, seq: u64, listener: &TcpListener) -> TcpStream {
         info: info.to_bytes_a(),
     };
     serve.send(&record.to_bytes()).unwrap();
-    client
+    (client, conn)
+}
+
+/// [`hand_kept`], serve's descriptor closed at once.
+fn hand(serve: &UnixDatagram, seq: u64, listener: &TcpListener) -> TcpStream {
+    hand_kept(serve, seq, listener).0
 }
 
 fn report(serve: &UnixDatagram) -> Report {
@@ -76,24 +82,60 @@ fn a_worker_takes_reports_and_stops_at_the_end_of_the_channel() {
     client.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"pong");
 
-    // A connection queued already: one report says it is taken and the last one done.
-    // accept_tcp gives the peer too.
-    let client = hand(&serve, 8, &listener);
-    let (conn, peer) = worker.accept_tcp().unwrap().expect("a connection");
-    assert_eq!(peer, client.local_addr().unwrap());
-    assert_eq!(report(&serve), Report { taken: 8, done: 1 });
-    drop(conn);
+    // One connection done and none queued: the worker waits without a report, and the
+    // done count rides on the next "taken" one (had it sent one alone, that would be the
+    // next report read). accept_tcp gives the peer too.
+    let client = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| worker.accept_tcp().unwrap().expect("a connection"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let client = hand(&serve, 8, &listener);
+        let (conn, peer) = waiting.join().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(report(&serve), Report { taken: 8, done: 1 });
+        drop(conn);
+        client
+    });
+    drop(client);
+    let _clients = [hand(&serve, 9, &listener), hand(&serve, 10, &listener)];
+    let nine = worker.accept().unwrap().expect("a connection");
+    assert_eq!(report(&serve), Report { taken: 9, done: 2 });
+    let ten = worker.accept().unwrap().expect("a connection");
+    assert_eq!(report(&serve), Report { taken: 10, done: 2 });
+    drop((nine, ten));
 
-    // Nothing queued: the worker reports what it has done before it waits.
+    // Two done since the last report, nothing queued: the worker reports them before it
+    // waits (serve's count of its load is never more than one behind).
     std::thread::scope(|scope| {
         let waiting = scope.spawn(|| worker.accept().unwrap().is_none());
-        assert_eq!(report(&serve), Report { taken: 0, done: 2 });
+        assert_eq!(report(&serve), Report { taken: 0, done: 4 });
         rustix::net::shutdown(&serve, rustix::net::Shutdown::Write).unwrap();
         assert!(
             waiting.join().unwrap(),
             "the end of the channel ends accept"
         );
     });
+}
+
+/// Serve keeps its descriptor of a connection until it reads the "taken" report, which
+/// may be after the worker is done: dropping the connection still ends it for the client
+/// at once.
+#[test]
+fn the_client_sees_the_end_when_the_worker_drops_the_connection_while_serve_holds_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (worker, serve) = worker();
+    let (mut client, serves_copy) = hand_kept(&serve, 1, &listener);
+    let mut conn = worker.accept().unwrap().expect("a connection");
+    conn.write_all(b"pong").unwrap();
+    drop(conn);
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    client
+        .read_to_end(&mut got)
+        .expect("the end of the connection, not a timeout");
+    assert_eq!(got, b"pong");
+    drop(serves_copy);
 }
 
 #[test]
@@ -127,8 +169,21 @@ fn the_tokio_worker_takes_connections_as_tokio_streams() {
         assert_eq!(&got, b"ping");
         conn.write_all(b"pong").await.unwrap();
         drop(conn);
-        // Nothing queued: the done count goes out before the worker waits; then the end
-        // of the channel ends accept.
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        assert_eq!(
+            answer, b"pong",
+            "the end too, as soon as the worker dropped it"
+        );
+        // One done: it rides on the next "taken" report.
+        let _clients = [hand(&serve, 2, &listener), hand(&serve, 3, &listener)];
+        let two = worker.accept().await.unwrap().expect("a connection");
+        assert_eq!(report(&serve), Report { taken: 2, done: 1 });
+        let three = worker.accept().await.unwrap().expect("a connection");
+        assert_eq!(report(&serve), Report { taken: 3, done: 1 });
+        drop((two, three));
+        // Two done and nothing queued: the done count goes out before the worker waits;
+        // then the end of the channel ends accept.
         let serve = std::sync::Arc::new(serve);
         let ends = serve.clone();
         let (ended, done) = tokio::join!(worker.accept(), async move {
@@ -138,7 +193,7 @@ fn the_tokio_worker_takes_connections_as_tokio_streams() {
             rustix::net::shutdown(&*serve, rustix::net::Shutdown::Write).unwrap();
             done
         });
-        assert_eq!(done, Report { taken: 0, done: 1 });
+        assert_eq!(done, Report { taken: 0, done: 3 });
         assert!(ended.unwrap().is_none());
     });
 }

@@ -75,6 +75,11 @@ typedef unsigned long u_long;
 #define FIONREAD 0x541B
 #endif
 
+/* shutdown's `how`, by Windows' names: the same numbers as SHUT_RD, SHUT_WR, SHUT_RDWR. */
+#define SD_RECEIVE 0
+#define SD_SEND 1
+#define SD_BOTH 2
+
 typedef struct _GUID {
     uint32_t Data1; /* Windows' unsigned long: 32 bits */
     uint16_t Data2;

@@ -287,6 +287,12 @@ constants! {
     LITTLEENDIAN: i32 = 1;
     /// `SECURITY_PROTOCOL_NONE`.
     SECURITY_PROTOCOL_NONE: i32 = 0;
+    /// `SD_RECEIVE`: `shutdown`'s `how`, Linux's `SHUT_RD`.
+    SD_RECEIVE: i32 = libc::SHUT_RD;
+    /// `SD_SEND`: `shutdown`'s `how`, Linux's `SHUT_WR`.
+    SD_SEND: i32 = libc::SHUT_WR;
+    /// `SD_BOTH`: `shutdown`'s `how`, Linux's `SHUT_RDWR`.
+    SD_BOTH: i32 = libc::SHUT_RDWR;
 
     /// `WSA_FLAG_OVERLAPPED`: accepted, no effect on Linux (every descriptor can be
     /// used with any I/O model).
