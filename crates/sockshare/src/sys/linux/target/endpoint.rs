@@ -301,10 +301,10 @@ impl Endpoint {
 ///
 /// While the process redeems, its redeems drain inline on a miss: the thread stays out of
 /// their way (it would take a core and the table's lock from them) and stops watching the
-/// connections, so that a push costs no wake-up of the thread, until no redeem has run for
-/// `QUIET`. Otherwise it drains, then lets the next pushes gather a while: every push is
-/// a new edge of epoll, and waking for each would cost a wake-up and a turn at the lock
-/// per push.
+/// connections, so that a push costs no wake-up of the thread. It looks every `QUIET`,
+/// and watches them again once no redeem has run for `ACTIVE`. Otherwise it drains, then
+/// lets the next pushes gather a while: every push is a new edge of epoll, and waking for
+/// each would cost a wake-up and a turn at the lock per push.
 pub(super) fn serve(ep: &Endpoint) {
     let mut events = Vec::with_capacity(64);
     // Connections with data this thread has not drained yet.
@@ -358,7 +358,7 @@ pub(super) fn serve(ep: &Endpoint) {
             ep.accept_all();
         }
         let mut inner = lock(&ep.inner);
-        if quiet && !inner.redeemed_within(QUIET) {
+        if quiet && !inner.redeemed_within(ACTIVE) {
             ep.watch_conns(&inner, true);
             quiet = false;
         }

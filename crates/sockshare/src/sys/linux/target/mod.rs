@@ -50,8 +50,8 @@ const RETRY: Duration = Duration::from_millis(20);
 const COALESCE: Duration = Duration::from_micros(200);
 /// How recently a redeem must have run for the thread to leave draining to redeems.
 const ACTIVE: Duration = Duration::from_millis(1);
-/// How long the thread, once it has left draining to redeems, stops watching the
-/// connections: it looks again after this long without a redeem.
+/// How often the thread, once it has left draining to redeems and stopped watching the
+/// connections, looks whether redeems still run.
 const QUIET: Duration = Duration::from_millis(10);
 /// What the thread watches on a source connection: records, and its end.
 const CONN_EVENTS: epoll::EventFlags = epoll::EventFlags::IN
