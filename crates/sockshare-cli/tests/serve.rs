@@ -822,6 +822,17 @@ fn everyone_can_run(path: &Path) -> bool {
         .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
+/// The sockshare binary as any user can run it: the build's, or a copy in `dir`.
+fn runnable_by_everyone(dir: &TempDir) -> PathBuf {
+    if everyone_can_run(Path::new(BIN)) {
+        return PathBuf::from(BIN);
+    }
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path("sockshare");
+    std::fs::copy(BIN, &copy).expect("copying the binary");
+    copy
+}
+
 /// The uid and gid of `user`, from /etc/passwd.
 fn passwd(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
@@ -850,15 +861,7 @@ fn workers_run_as_the_user_given_and_their_ready_counts() {
     }
     let (uid, gid) = passwd("nobody").expect("a user nobody");
     let dir = TempDir::new("user");
-    // nobody must be able to run the worker: a copy where it can, if the build's is not.
-    let exe = if everyone_can_run(Path::new(BIN)) {
-        PathBuf::from(BIN)
-    } else {
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = dir.path("sockshare");
-        std::fs::copy(BIN, &copy).expect("copying the binary");
-        copy
-    };
+    let exe = runnable_by_everyone(&dir);
     let low = std::iter::once(80)
         .chain(600..1024)
         .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok());
@@ -1122,6 +1125,62 @@ fn reload_of_a_process_that_is_not_serve_fails_clearly() {
     gone.wait().unwrap();
     let why = reload(gone.id()).expect_err("a reload of no process");
     assert!(why.contains("no sockshare serve with pid"), "{why}");
+}
+
+/// Issue 13, the control socket attacked from both ends. A client of another user is
+/// refused (serve answers only its own user and root, by `SO_PEERCRED`) and no reload
+/// happens; and a process that took the name of a pid's control socket first is not
+/// taken for that pid's serve (the client checks the listener's pid).
+#[test]
+fn reload_is_refused_to_another_user_and_not_sent_to_a_squatter() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: acting as another user needs root");
+        return;
+    }
+    let (uid, gid) = passwd("nobody").expect("a user nobody");
+    let dir = TempDir::new("control");
+    let exe = runnable_by_everyone(&dir);
+    let (serve, _) = serve_on_tcp(&[], &[BIN, "hello"]);
+    let out = run(Command::new(&exe)
+        .args(["reload", "--pid", &serve.pid().to_string(), "--timeout", "15"])
+        .uid(uid)
+        .gid(gid));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(
+        !serve.log().contains("reload asked for"),
+        "nobody's request reached the supervisor:\n{}",
+        serve.log()
+    );
+
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let name = format!("sockshare-serve/{}/control", sleeper.id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let _squatter = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let why = reload(sleeper.id()).expect_err("a reload through a squatted name");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(
+        why.contains(&format!("is held by pid {}", std::process::id())),
+        "{why}"
+    );
+}
+
+/// Issue 13: serve takes inherited sockets only when `LISTEN_PID` names serve itself, as
+/// sd_listen_fds(3) does: variables meant for another process (here pid 1) are ignored,
+/// with the socket at descriptor 3.
+#[test]
+fn sockets_of_another_pids_activation_are_not_taken() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--", BIN, "hello"])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_PID", "1");
+    let mut serve = Serve::spawn(cmd, &[(listener.as_fd(), 3)]);
+    let status = wait_exit(&mut serve.child, LIMIT).expect("serve exits");
+    assert!(!status.success(), "{status}");
+    assert!(serve.log().contains("nothing to serve"), "{}", serve.log());
 }
 
 /// Issue 13: a worker that cannot notify is declared ready explicitly, with

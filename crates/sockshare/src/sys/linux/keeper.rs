@@ -97,13 +97,8 @@ pub(super) fn spawn(pid: u32, start: u64, pidfd: OwnedFd) -> Result<OwnedFd> {
 
 /// Binds the first free keeper name of `pid` and listens on it.
 fn listen(pid: u32, start: u64) -> Result<OwnedFd> {
-    let listener = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .map_err(|e| os_error("creating a keeper's listener", e))?;
+    let listener =
+        super::seqpacket_socket().map_err(|e| os_error("creating a keeper's listener", e))?;
     for index in 0..KEEPER_NAMES {
         let addr = keeper_address(pid, start, index).map_err(|e| os_error("naming a keeper", e))?;
         match rustix::net::bind(&listener, &addr) {

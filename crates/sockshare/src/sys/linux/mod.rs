@@ -134,6 +134,17 @@ pub(super) fn peer_cred(fd: BorrowedFd<'_>) -> std::result::Result<libc::ucred, 
     Ok(cred)
 }
 
+/// A new nonblocking, close-on-exec Unix `SOCK_SEQPACKET` socket: what sessions, keepers
+/// and sources listen and connect with.
+pub(super) fn seqpacket_socket() -> std::result::Result<OwnedFd, Errno> {
+    rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+}
+
 /// How many names a session may bind: it takes the first one free.
 pub(super) const ENDPOINT_NAMES: u32 = 16;
 

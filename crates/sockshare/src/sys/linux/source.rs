@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
 use rustix::io::Errno;
-use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
-};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use super::wire::{self, Entry, Verdict};
 use super::Info;
@@ -387,13 +385,8 @@ enum Attempt {
 
 fn attempt(pid: u32, start: u64, suffix: &str) -> Result<Attempt> {
     // Nonblocking: a listener that never accepts (a squatter's) must not hold the source.
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .map_err(|e| os_error("creating a socket to reach the target", e))?;
+    let sock = super::seqpacket_socket()
+        .map_err(|e| os_error("creating a socket to reach the target", e))?;
     // Before connecting, so the session's answer carries its sender's credentials.
     rustix::net::sockopt::set_socket_passcred(&sock, true)
         .map_err(|e| os_error("asking for the target's credentials", e))?;

@@ -8,6 +8,16 @@ impl Inner {
         self.pending.take(token, kind).map_err(|Altered| altered())
     }
 
+    /// A socket not in the table yet: drains the connections until its token arrives, then
+    /// takes it, or seeks it behind a full table.
+    pub(super) fn find_queued(&mut self, token: u64, kind: u32) -> Result<Option<OwnedFd>> {
+        self.drain_all(Some(token));
+        match self.take(token, kind)? {
+            Some(fd) => Ok(Some(fd)),
+            None => self.seek(token, kind),
+        }
+    }
+
     /// Drains every connection, up to capacity; for a redeem (`until`), stops once that
     /// token has arrived.
     pub(super) fn drain_all(&mut self, until: Option<u64>) {

@@ -21,13 +21,8 @@ impl Endpoint {
             )
             .with_source(e)
         })?;
-        let listener = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )
-        .map_err(|e| not_ready("creating the session endpoint", e))?;
+        let listener =
+            seqpacket_socket().map_err(|e| not_ready("creating the session endpoint", e))?;
         // The first free indexed name; where squatters hold them all, a random one, which
         // sources find from this process's descriptors (`discover_endpoint`).
         let mut random = [0u8; 8];
@@ -254,12 +249,7 @@ impl Endpoint {
             let Ok(addr) = keeper_address(self.pid, self.start, index) else {
                 continue;
             };
-            let Ok(conn) = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-                None,
-            ) else {
+            let Ok(conn) = seqpacket_socket() else {
                 return any;
             };
             if rustix::net::connect(&conn, &addr).is_err() {

@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
+use rustix::net::{SendFlags, SocketFlags};
 
 use super::batch::{self, Batch, Meta};
 use super::pending::{Altered, Table};
 use super::wire::{self, Verdict};
 use super::Info;
 use super::{
-    endpoint_address, keeper_address, lock, os_error, peer_cred, start_time, ENDPOINT_NAMES,
-    KEEPER_NAMES,
+    endpoint_address, keeper_address, lock, os_error, peer_cred, seqpacket_socket, start_time,
+    ENDPOINT_NAMES, KEEPER_NAMES,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::{Policy, SessionOptions, DEFAULT_CAPACITY};
@@ -259,11 +259,7 @@ impl Session {
         }
         // The socket was pushed before the info was made, so if it is genuine it is queued
         // on a connection the thread has not drained yet, or behind a full table.
-        inner.drain_all(Some(token));
-        if let Some(fd) = inner.take(token, kind)? {
-            return Ok(fd);
-        }
-        if let Some(fd) = inner.seek(token, kind)? {
+        if let Some(fd) = inner.find_queued(token, kind)? {
             return Ok(fd);
         }
         // Shared before this process had a session, or while it did not answer: a
@@ -274,11 +270,7 @@ impl Session {
             let deadline = Instant::now() + KEEPER_WAIT;
             loop {
                 let mut inner = lock(&ep.inner);
-                inner.drain_all(Some(token));
-                if let Some(fd) = inner.take(token, kind)? {
-                    return Ok(fd);
-                }
-                if let Some(fd) = inner.seek(token, kind)? {
+                if let Some(fd) = inner.find_queued(token, kind)? {
                     return Ok(fd);
                 }
                 let keepers = inner.conns.iter().flatten().any(|c| c.from_keeper);
