@@ -225,25 +225,29 @@ impl Worker {
                 )
             })?;
         let names = std::env::var(NAMES_VAR).unwrap_or_default();
-        // SAFETY: fcntl(F_GETFD) on any int only reads this process's descriptor table.
-        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        if raw < 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{FD_VAR}={raw} is not an open descriptor"),
+                format!("{FD_VAR}={raw} is not a descriptor"),
             ));
         }
-        // SAFETY: serve passed this descriptor to this process for the worker, which is
-        // the one taking it (the variable is removed below, so nothing takes it twice).
-        let channel = unsafe { OwnedFd::from_raw_fd(raw) };
-        rustix::io::fcntl_setfd(&channel, rustix::io::FdFlags::CLOEXEC)?;
-        if rustix::net::sockopt::socket_type(&channel) != Ok(rustix::net::SocketType::SEQPACKET) {
+        // Checked borrowed, so a wrong number (a descriptor something else owns, or none)
+        // is refused without being closed or changed.
+        // SAFETY: the borrow lives for these two calls only; a closed number makes them
+        // fail with EBADF, and nothing is closed or kept.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        if rustix::net::sockopt::socket_type(borrowed) != Ok(rustix::net::SocketType::SEQPACKET) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{FD_VAR}={raw} is not a SOCK_SEQPACKET socket"),
+                format!("{FD_VAR}={raw} is not an open SOCK_SEQPACKET socket"),
             ));
         }
         std::env::remove_var(FD_VAR);
         std::env::remove_var(NAMES_VAR);
+        // SAFETY: serve passed this open socket to this process for the worker, which is
+        // the one taking it (the variable is removed above, so nothing takes it twice).
+        let channel = unsafe { OwnedFd::from_raw_fd(raw) };
+        rustix::io::fcntl_setfd(&channel, rustix::io::FdFlags::CLOEXEC)?;
         let session = Session::new().map_err(io::Error::from)?;
         Ok(Worker {
             session,

@@ -15,9 +15,7 @@ use sockshare::dispatch::{Hand, Report, Worker, FD_VAR, HAND_SIZE, NAMES_VAR, RE
 /// Serve's end of a worker's channel, with the worker made from the other end through the
 /// environment, as a worker process would be.
 fn worker() -> (Worker, UnixDatagram) {
-    // The tests of this file run on parallel threads; the variables are process-wide.
-    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _env = env_lock();
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -36,6 +34,26 @@ fn worker() -> (Worker, UnixDatagram) {
     );
     // SOCK_SEQPACKET records read and write like datagrams on a connected socket.
     (worker, UnixDatagram::from(ours))
+}
+
+/// The tests of this file run on parallel threads; the variables are process-wide.
+fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ENV.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A variable naming a descriptor that is not a channel (here a file this test owns) is
+/// refused, and the descriptor is left as it was: open, and still the file's.
+#[test]
+fn a_wrong_descriptor_in_the_variable_is_refused_and_left_open() {
+    let _env = env_lock();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    std::env::set_var(FD_VAR, file.as_raw_fd().to_string());
+    let err = Worker::from_env().unwrap_err();
+    std::env::remove_var(FD_VAR);
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    let flags = rustix::io::fcntl_getfd(&file).expect("the file's descriptor still open");
+    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "flags unchanged");
 }
 
 /// A TCP connection handed the way serve hands it: duplicated for this process, the
