@@ -1142,7 +1142,13 @@ fn reload_is_refused_to_another_user_and_not_sent_to_a_squatter() {
     let exe = runnable_by_everyone(&dir);
     let (serve, _) = serve_on_tcp(&[], &[BIN, "hello"]);
     let out = run(Command::new(&exe)
-        .args(["reload", "--pid", &serve.pid().to_string(), "--timeout", "15"])
+        .args([
+            "reload",
+            "--pid",
+            &serve.pid().to_string(),
+            "--timeout",
+            "15",
+        ])
         .uid(uid)
         .gid(gid));
     let stderr = String::from_utf8_lossy(&out.stderr);

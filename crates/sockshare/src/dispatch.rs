@@ -157,6 +157,13 @@ impl Shared {
         Ok(())
     }
 
+    /// One connection done: reported with the next connection taken, or before the worker
+    /// waits for one.
+    fn finished(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+        self.unreported.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Whether serve's count of this worker's load is behind by more than one: then the
     /// done count goes to serve before the worker waits. One connection alone waits for
     /// the next "taken" report, so serve's count is at most one above the truth and a
@@ -348,29 +355,19 @@ impl Worker {
         let Some(conn) = self.accept()? else {
             return Ok(None);
         };
-        let (stream, listener, shared) = conn.into_parts();
-        match stream {
-            Stream::Tcp(tcp) => {
-                let peer = tcp.peer_addr();
-                let conn = Connection {
-                    stream: tcp,
-                    listener,
-                    shared,
-                };
-                Ok(Some((conn, peer?)))
-            }
+        let conn = conn.map(|stream| match stream {
+            Stream::Tcp(tcp) => Ok(tcp),
             Stream::Unix(unix) => {
-                drop(Connection {
-                    stream: unix,
-                    listener,
-                    shared,
-                });
+                // Ended for the client at once, as a dropped connection is.
+                let _ = rustix::net::shutdown(&unix, rustix::net::Shutdown::Both);
                 Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "a Unix connection, not TCP",
                 ))
             }
-        }
+        })?;
+        let peer = conn.peer_addr()?;
+        Ok(Some((conn, peer)))
     }
 }
 
@@ -470,16 +467,24 @@ impl<S: AsFd> Connection<S> {
         self.listener
     }
 
-    fn into_parts(self) -> (S, usize, Arc<Shared>) {
+    /// The same connection as another stream type. One whose conversion fails is gone
+    /// (`convert` had the stream), and counted done like any other.
+    fn map<T: AsFd>(self, convert: impl FnOnce(S) -> io::Result<T>) -> io::Result<Connection<T>> {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped (ManuallyDrop), so each field is read out once
-        // and owned by the caller alone.
-        unsafe {
-            (
-                std::ptr::read(&this.stream),
-                this.listener,
-                std::ptr::read(&this.shared),
-            )
+        // and owned here alone.
+        let (stream, shared) =
+            unsafe { (std::ptr::read(&this.stream), std::ptr::read(&this.shared)) };
+        match convert(stream) {
+            Ok(stream) => Ok(Connection {
+                stream,
+                listener: this.listener,
+                shared,
+            }),
+            Err(e) => {
+                shared.finished();
+                Err(e)
+            }
         }
     }
 }
@@ -488,9 +493,7 @@ impl<S: AsFd> Drop for Connection<S> {
     fn drop(&mut self) {
         // Fails only when the connection is already reset or ended: nothing to do then.
         let _ = rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both);
-        // Reported with the next connection taken, or before the worker waits for one.
-        self.shared.done.fetch_add(1, Ordering::AcqRel);
-        self.shared.unreported.fetch_add(1, Ordering::AcqRel);
+        self.shared.finished();
     }
 }
 
@@ -614,12 +617,13 @@ mod tokio_worker {
         /// As [`Worker::accept`].
         pub async fn accept(&self) -> io::Result<Option<Connection<AsyncStream>>> {
             let mut record = [0u8; HAND_SIZE + 1];
-            if let Some(n) = self.worker.shared.try_read(&mut record)? {
-                return self.finish(&record[..n]);
-            }
-            if self.worker.shared.behind() {
+            let shared = &self.worker.shared;
+            if shared.behind() {
+                if let Some(n) = shared.try_read(&mut record)? {
+                    return self.finish(&record[..n]);
+                }
                 // About to wait: serve learns now of the connections done meanwhile.
-                self.worker.shared.report(0)?;
+                shared.report(0)?;
             }
             let n = loop {
                 let mut ready = self.channel.readable().await?;
@@ -636,22 +640,19 @@ mod tokio_worker {
             let Some(conn) = self.worker.take(record)? else {
                 return Ok(None);
             };
-            let (stream, listener, shared) = conn.into_parts();
-            let stream = match stream {
-                super::Stream::Tcp(s) => {
-                    s.set_nonblocking(true)?;
-                    AsyncStream::Tcp(tokio::net::TcpStream::from_std(s)?)
-                }
-                super::Stream::Unix(s) => {
-                    s.set_nonblocking(true)?;
-                    AsyncStream::Unix(tokio::net::UnixStream::from_std(s)?)
-                }
-            };
-            Ok(Some(Connection {
-                stream,
-                listener,
-                shared,
-            }))
+            conn.map(|stream| {
+                Ok(match stream {
+                    super::Stream::Tcp(s) => {
+                        s.set_nonblocking(true)?;
+                        AsyncStream::Tcp(tokio::net::TcpStream::from_std(s)?)
+                    }
+                    super::Stream::Unix(s) => {
+                        s.set_nonblocking(true)?;
+                        AsyncStream::Unix(tokio::net::UnixStream::from_std(s)?)
+                    }
+                })
+            })
+            .map(Some)
         }
 
         /// The worker's listener names and readiness call.

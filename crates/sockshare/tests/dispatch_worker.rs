@@ -53,7 +53,10 @@ fn a_wrong_descriptor_in_the_variable_is_refused_and_left_open() {
     std::env::remove_var(FD_VAR);
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     let flags = rustix::io::fcntl_getfd(&file).expect("the file's descriptor still open");
-    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "flags unchanged");
+    assert!(
+        flags.contains(rustix::io::FdFlags::CLOEXEC),
+        "flags unchanged"
+    );
 }
 
 /// A TCP connection handed the way serve hands it: duplicated for this process, the
@@ -154,6 +157,33 @@ fn the_client_sees_the_end_when_the_worker_drops_the_connection_while_serve_hold
         .expect("the end of the connection, not a timeout");
     assert_eq!(got, b"pong");
     drop(serves_copy);
+}
+
+/// `accept_tcp` handed a Unix connection refuses it: the client sees the end, and the
+/// connection counts as done (the next report says so).
+#[test]
+fn accept_tcp_ends_a_unix_connection_and_counts_it_done() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (worker, serve) = worker();
+    let (mut client, served) = std::os::unix::net::UnixStream::pair().unwrap();
+    let info = sockshare::duplicate(&served, std::process::id()).unwrap();
+    drop(served);
+    let record = Hand {
+        seq: 1,
+        listener: 0,
+        info: info.to_bytes_a(),
+    };
+    serve.send(&record.to_bytes()).unwrap();
+    let err = worker.accept_tcp().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert_eq!(report(&serve), Report { taken: 1, done: 0 });
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    let _client = hand(&serve, 2, &listener);
+    let _conn = worker.accept().unwrap().expect("a connection");
+    assert_eq!(report(&serve), Report { taken: 2, done: 1 });
 }
 
 #[test]
