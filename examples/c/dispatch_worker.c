@@ -14,7 +14,8 @@
  *      (serve closes its descriptor once       <==      report "taken"
  *       the worker reports it taken)                 9) use it: read a line, answer
  *                                                       "c-worker pid P"
- *                                              <==  10) shutdown, closesocket, report "done"
+ *                                                   10) shutdown, closesocket (the done count
+ *                                                       rides on the next "taken" report)
  *
  * The channel (see `sockshare::dispatch`): SOCKSHARE_DISPATCH_FD names a SOCK_SEQPACKET
  * socket. Serve sends one record per connection, 388 bytes: u64 sequence number, u32
@@ -300,17 +301,15 @@ int main(void)
         /* 9) Use it. */
         serve_client(s);
 
-        /* 10) shutdown and closesocket, and tell serve: the done count is how serve
-           weighs its workers' load. Serve may still hold its descriptor (it has not read
-           the "taken" report yet): without the shutdown the client would see the end only
-           when serve closes it. */
+        /* 10) shutdown and closesocket. Serve may still hold its descriptor (it has not
+           read the "taken" report yet): without the shutdown the client would see the end
+           only when serve closes it. The done count, how serve weighs its workers' load,
+           rides on the next "taken" report: this worker serves one connection at a time,
+           so serve's count of its load is never more than one above the truth. */
         (void)shutdown((int)s, SD_BOTH); /* fails only on a connection already ended */
         if (closesocket(s) == SOCKET_ERROR)
             fail("closesocket");
         done++;
-        /* If serve has gone, the next recv says so. */
-        if (report(channel, 0, done) != 0)
-            fail("reporting the connection done");
     }
 
     if (close(channel) != 0)

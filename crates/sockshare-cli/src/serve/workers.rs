@@ -180,7 +180,6 @@ pub fn spawn(plan: &Plan<'_>, generation: u64, link: Option<&OwnedFd>) -> io::Re
         .env("LISTEN_FDNAMES", names.join(":"))
         .env("NOTIFY_SOCKET", plan.notify_socket)
         .env("SOCKSHARE_GENERATION", generation.to_string())
-        .env_remove("LISTEN_PID")
         .stdin(Stdio::null());
     if let (Some(link), Some(names)) = (&link, &plan.dispatched) {
         let at = LISTEN_FDS_START + fds.len() as i32;
