@@ -1127,6 +1127,48 @@ fn reload_of_a_process_that_is_not_serve_fails_clearly() {
     assert!(why.contains("no sockshare serve with pid"), "{why}");
 }
 
+/// Issue 13: only serve's own workers' READY=1 counts, by the kernel's word on who sent it
+/// (`SCM_CREDENTIALS`). A stranger that finds serve's notify socket (its abstract name is
+/// in /proc/net/unix) and says READY=1 while a generation that never will is starting
+/// does not make that generation take over: the reload fails at its timeout.
+#[test]
+fn ready_from_a_process_that_is_no_worker_does_not_count() {
+    let dir = TempDir::new("stranger");
+    let script = dir.path("worker");
+    write_script(&script, &format!("exec {BIN} hello"));
+    let (serve, port) = serve_on_tcp(
+        &["--ready-timeout", "2"],
+        &["/bin/sh", script.to_str().unwrap()],
+    );
+    write_script(&script, &format!("exec {BIN} hello --no-ready"));
+    let prefix = format!("@sockshare-serve/{}/", serve.pid());
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let name = unix
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .find(|n| n.starts_with(&prefix) && !n.ends_with("/control"))
+        .expect("serve's notify socket in /proc/net/unix")
+        .trim_start_matches('@')
+        .to_owned();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let pid = serve.pid();
+    let asked = std::thread::spawn(move || reload(pid));
+    serve.wait_log("generation 2: started workers");
+    let stranger = UnixDatagram::unbound().unwrap();
+    while !asked.is_finished() {
+        stranger.send_to_addr(b"READY=1", &addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let why = asked
+        .join()
+        .unwrap()
+        .expect_err("a reload to workers that never notify");
+    assert!(why.contains("not ready within 2 s"), "{why}");
+    serve.wait_log("generation 2 is gone");
+    let (_, generation) = answer("after the failed reload", ask_tcp(port));
+    assert_eq!(generation, 1);
+}
+
 /// Issue 13, the control socket attacked from both ends. A client of another user is
 /// refused (serve answers only its own user and root, by `SO_PEERCRED`) and no reload
 /// happens; and a process that took the name of a pid's control socket first is not
