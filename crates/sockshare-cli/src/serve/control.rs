@@ -97,7 +97,7 @@ pub fn answer(mut stream: UnixStream, outcome: &Result<String, String>) {
 /// serve gave), or no answer within `timeout`.
 pub fn reload(pid: u32, timeout: Duration) -> Result<String, String> {
     let addr = SocketAddr::from_abstract_name(name(pid)).map_err(|e| e.to_string())?;
-    let mut stream = UnixStream::connect_addr(&addr)
+    let stream = UnixStream::connect_addr(&addr)
         .map_err(|e| format!("no sockshare serve with pid {pid} ({e})"))?;
     let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(|e| e.to_string())?;
     if peer.pid.as_raw_nonzero().get() as u32 != pid {
@@ -106,13 +106,25 @@ pub fn reload(pid: u32, timeout: Duration) -> Result<String, String> {
             peer.pid.as_raw_nonzero()
         ));
     }
+    ask(stream, timeout)
+}
+
+/// Sends the request on a connection to serve and reads its one-line answer.
+///
+/// Serve may answer and close before the request is written (it refuses a client of
+/// another user on sight), so a failed write is no answer yet: the refusal is still
+/// waiting to be read, and is what the user must see.
+fn ask(mut stream: UnixStream, timeout: Duration) -> Result<String, String> {
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    stream.write_all(b"reload\n").map_err(|e| e.to_string())?;
+    let sent = stream.write_all(b"reload\n");
     let mut line = String::new();
     match BufReader::new(&stream).read_line(&mut line) {
-        Ok(0) => Err("serve closed the connection without an answer".into()),
+        Ok(0) => Err(match sent {
+            Err(e) => format!("serve closed the connection before the request was sent ({e})"),
+            Ok(()) => "serve closed the connection without an answer".into(),
+        }),
         Ok(_) => match line.trim_end().strip_prefix("ok ") {
             Some(what) => Ok(what.to_owned()),
             None => Err(line
@@ -130,5 +142,29 @@ pub fn reload(pid: u32, timeout: Duration) -> Result<String, String> {
             Err(format!("no answer within {} s", timeout.as_secs_f64()))
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race CI met: serve refused the client and closed before the client wrote its
+    /// request, so the write failed with `EPIPE`. The client must still report the refusal.
+    #[test]
+    fn a_refusal_written_before_the_request_is_reported() {
+        let (ours, serve) = UnixStream::pair().unwrap();
+        (&serve).write_all(b"failed: permission denied\n").unwrap();
+        drop(serve);
+        let why = ask(ours, Duration::from_secs(5)).expect_err("a refusal");
+        assert_eq!(why, "permission denied");
+    }
+
+    #[test]
+    fn a_close_without_an_answer_says_so() {
+        let (ours, serve) = UnixStream::pair().unwrap();
+        drop(serve);
+        let why = ask(ours, Duration::from_secs(5)).expect_err("no answer");
+        assert!(why.contains("before the request was sent"), "{why}");
     }
 }
