@@ -11,18 +11,21 @@
  *   5) WSADuplicateSocket for that pid
  *   6) send the WSAPROTOCOL_INFOA              ==>   7) receive it from the channel
  *                                                    8) WSASocketA(FROM_PROTOCOL_INFO)
- *      (serve closes its descriptor once       <==      report "taken"
- *       the worker reports it taken)                 9) use it: read a line, answer
+ *      (serve closes its descriptor once       <==      record it taken in the ledger
+ *       the ledger shows it taken)                   9) use it: read a line, answer
  *                                                       "c-worker pid P"
- *                                                   10) shutdown, closesocket (the done count
- *                                                       rides on the next "taken" report)
+ *                                                   10) shutdown, closesocket, add one to
+ *                                                       the ledger's done count
  *
- * The channel (see `sockshare::dispatch`): SOCKSHARE_DISPATCH_FD names a SOCK_SEQPACKET
- * socket. Serve sends one record per connection, 388 bytes: u64 sequence number, u32
- * listener index (into SOCKSHARE_DISPATCH_NAMES, ':'-separated), u32 zero, then the
- * 372-byte WSAPROTOCOL_INFOA. The worker answers with 16-byte reports: u64 the sequence
- * number just taken (0 for none), u64 connections finished so far. Integers are in the
- * machine's byte order. A read of 0 bytes is serve ending the channel: finish and exit.
+ * The protocol (see `sockshare::dispatch`): SOCKSHARE_DISPATCH_FD names a SOCK_SEQPACKET
+ * socket, the channel. Serve sends one record per connection, 388 bytes: u64 sequence
+ * number, u32 listener index (into SOCKSHARE_DISPATCH_NAMES, ':'-separated), u32 zero,
+ * then the 372-byte WSAPROTOCOL_INFOA. A read of 0 bytes is serve ending the channel:
+ * finish and exit. SOCKSHARE_DISPATCH_LEDGER_FD names the ledger, a page of memory this
+ * worker shares with serve: u64 `taken` at offset 0, the sequence number of the last
+ * record taken, and u64 `done` at offset 8, connections finished so far, each written
+ * with an atomic store or add (release order). The worker never writes to the channel.
+ * Integers are in the machine's byte order.
  *
  * Build and run (from the repository root; `make -C examples/c dispatch_worker` does the
  * build):
@@ -48,15 +51,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-/* The record from serve and the report to it (sockshare::dispatch::HAND_SIZE and
-   REPORT_SIZE). */
+/* The record from serve (sockshare::dispatch::HAND_SIZE) and the ledger's size
+   (LEDGER_SIZE). */
 #define HAND_SIZE (16 + sizeof(WSAPROTOCOL_INFOA))
-#define REPORT_SIZE 16
+#define LEDGER_SIZE 4096
 
 /* This worker serves one client at a time, so a client that connects and says nothing
    must not hold it forever: after this long without progress the connection is given
@@ -77,24 +81,33 @@ static void complain(const char *what)
     fprintf(stderr, "dispatch_worker [%d]: %s\n", (int)getpid(), what);
 }
 
-/* Takes the channel serve passed: its descriptor from SOCKSHARE_DISPATCH_FD. Returns it,
-   or -1 after printing why. */
-static int take_channel(void)
+/* The descriptor number variable `var` holds, or -1 after printing why. */
+static int descriptor_in(const char *var)
 {
-    const char *value = getenv("SOCKSHARE_DISPATCH_FD");
+    const char *value = getenv(var);
     if (value == NULL) {
-        complain("SOCKSHARE_DISPATCH_FD is not set: start this program under "
-                 "`sockshare serve --dispatch`");
+        fprintf(stderr, "dispatch_worker [%d]: %s is not set: start this program under "
+                        "`sockshare serve --dispatch`\n", (int)getpid(), var);
         return -1;
     }
     char *end = NULL;
     errno = 0;
     long number = strtol(value, &end, 10);
     if (errno != 0 || end == value || *end != '\0' || number < 0 || number > INT_MAX) {
-        complain("SOCKSHARE_DISPATCH_FD is not a descriptor number");
+        fprintf(stderr, "dispatch_worker [%d]: %s is not a descriptor number\n",
+                (int)getpid(), var);
         return -1;
     }
-    int channel = (int)number;
+    return (int)number;
+}
+
+/* Takes the channel serve passed: its descriptor from SOCKSHARE_DISPATCH_FD. Returns it,
+   or -1 after printing why. */
+static int take_channel(void)
+{
+    int channel = descriptor_in("SOCKSHARE_DISPATCH_FD");
+    if (channel < 0)
+        return -1;
     /* Close-on-exec: a program this worker starts must not hold the channel, or it could
        read records meant for this process (their infos work only here) and keep the
        channel open after this worker has gone. */
@@ -160,19 +173,24 @@ static int notify_ready(void)
     return result;
 }
 
-/* Sends one report: the sequence number just taken (0 for none) and how many connections
-   this worker has finished. Returns 0 or -1 (the caller decides, and prints). */
-static int report(int channel, uint64_t taken, uint64_t done)
+/* Maps the ledger serve passed (SOCKSHARE_DISPATCH_LEDGER_FD) and closes its descriptor:
+   the mapping stays, and a program this worker starts does not get it. Returns the
+   ledger's two words, taken and done, or NULL after printing why. */
+static uint64_t *map_ledger(void)
 {
-    unsigned char bytes[REPORT_SIZE];
-    memcpy(bytes, &taken, 8);
-    memcpy(bytes + 8, &done, 8);
-    ssize_t n;
-    do {
-        /* MSG_NOSIGNAL: a serve that is gone is an error here, not a SIGPIPE. */
-        n = send(channel, bytes, sizeof bytes, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    return n == (ssize_t)sizeof bytes ? 0 : -1;
+    int fd = descriptor_in("SOCKSHARE_DISPATCH_LEDGER_FD");
+    if (fd < 0)
+        return NULL;
+    void *at = mmap(NULL, LEDGER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (at == MAP_FAILED) {
+        fail("mmap of SOCKSHARE_DISPATCH_LEDGER_FD");
+        return NULL;
+    }
+    if (close(fd) != 0) {
+        fail("closing the ledger's descriptor");
+        return NULL;
+    }
+    return (uint64_t *)at;
 }
 
 /* Sends all of buf (a stream socket may take less per call). */
@@ -241,19 +259,23 @@ int main(void)
     int channel = take_channel();
     if (channel < 0)
         return 1;
+    uint64_t *ledger = map_ledger();
+    if (ledger == NULL)
+        return 1;
     const char *names = getenv("SOCKSHARE_DISPATCH_NAMES");
     fprintf(stderr, "dispatch_worker [%d]: serving the listeners %s\n", (int)getpid(),
             names != NULL ? names : "(unnamed)");
     /* A program this worker starts is not a worker: it must not find the variables (it
        would take a descriptor that is closed by then, or another file). */
-    if (unsetenv("SOCKSHARE_DISPATCH_FD") != 0 || unsetenv("SOCKSHARE_DISPATCH_NAMES") != 0) {
+    if (unsetenv("SOCKSHARE_DISPATCH_FD") != 0 ||
+        unsetenv("SOCKSHARE_DISPATCH_LEDGER_FD") != 0 ||
+        unsetenv("SOCKSHARE_DISPATCH_NAMES") != 0) {
         fail("unsetenv");
         return 1;
     }
     if (notify_ready() != 0)
         return 1;
 
-    uint64_t done = 0;
     for (;;) {
         /* 7) Receive the WSAPROTOCOL_INFO from serve. One byte more than a record, so that
            a longer message shows as one instead of being cut silently. */
@@ -281,7 +303,7 @@ int main(void)
         (void)listener; /* one answer for every listener */
 
         /* 8) Create this process's descriptor of the shared socket. If that fails, exit
-           without reporting it taken: serve still holds the connection and gives it to
+           without recording it taken: serve still holds the connection and gives it to
            another worker (and starts a new one in this one's place). */
         SOCKET s = WSASocketA(FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO,
                               &info, 0, WSA_FLAG_OVERLAPPED);
@@ -289,27 +311,23 @@ int main(void)
             fail("WSASocketA(FROM_PROTOCOL_INFO)");
             return 1;
         }
-        /* Taken, before any I/O on it: a worker that dies before this report has done
+        /* Taken, before any I/O on it: a worker that dies before this store has done
            nothing with the client, so serve may safely hand it to another worker; after
-           it, serve closes its own descriptor and the client is this worker's alone. */
-        if (report(channel, seq, done) != 0) {
-            fail("reporting the connection taken");
-            (void)closesocket(s); /* exiting with the error above anyway */
-            return 1;
-        }
+           it, serve closes its own descriptor and the client is this worker's alone.
+           This worker takes records one at a time, in order, as the ledger needs. */
+        __atomic_store_n(&ledger[0], seq, __ATOMIC_RELEASE);
 
         /* 9) Use it. */
         serve_client(s);
 
-        /* 10) shutdown and closesocket. Serve may still hold its descriptor (it has not
-           read the "taken" report yet): without the shutdown the client would see the end
-           only when serve closes it. The done count, how serve weighs its workers' load,
-           rides on the next "taken" report: this worker serves one connection at a time,
-           so serve's count of its load is never more than one above the truth. */
+        /* 10) shutdown and closesocket. Serve may still hold its descriptor (it reads the
+           ledger every few milliseconds): without the shutdown the client would see the
+           end only when serve closes it. Then one more done: how serve weighs its
+           workers' load. */
         (void)shutdown((int)s, SD_BOTH); /* fails only on a connection already ended */
         if (closesocket(s) == SOCKET_ERROR)
             fail("closesocket");
-        done++;
+        __atomic_fetch_add(&ledger[1], 1, __ATOMIC_RELEASE);
     }
 
     if (close(channel) != 0)

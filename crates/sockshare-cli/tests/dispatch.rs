@@ -27,13 +27,19 @@ impl Serve {
 
     /// With `hello` options for the workers.
     fn start_with(workers: u32, extra: &[&str], hello: &[&str]) -> Serve {
+        let command: Vec<&str> = [SOCKSHARE, "hello"].iter().chain(hello).copied().collect();
+        Serve::start_command(workers, extra, &command)
+    }
+
+    /// With `command` as the workers.
+    fn start_command(workers: u32, extra: &[&str], command: &[&str]) -> Serve {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut child = Command::new(SOCKSHARE)
             .args(["serve", "--dispatch", "--workers", &workers.to_string()])
             .args(["--listen", &format!("web=tcp:{addr}")])
             .args(extra)
-            .args(["--", SOCKSHARE, "hello"])
-            .args(hello)
+            .arg("--")
+            .args(command)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -200,6 +206,19 @@ fn connections_a_killed_worker_never_took_go_to_its_successor() {
         assert_ne!(pid, first, "answered by the killed worker");
     }
     assert!(serve.stop().success());
+}
+
+/// A hostile worker shrinks its ledger before it serves: serve reads that memory at every
+/// hand-out, and a page cut off under its mapping would kill it with SIGBUS. The ledger is
+/// sealed, so the truncation fails and serve, and the worker, go on.
+#[test]
+fn a_worker_cannot_cut_its_ledger_from_under_serve() {
+    let script = r#"truncate -s 0 "/proc/self/fd/$SOCKSHARE_DISPATCH_LEDGER_FD"; exec "$0" hello"#;
+    let serve = Serve::start_command(1, &[], &["sh", "-c", script, SOCKSHARE]);
+    for _ in 0..5 {
+        ask(serve.addr, Duration::from_secs(10)).expect("an answer after the truncation");
+    }
+    assert!(serve.stop().success(), "serve survived and stopped cleanly");
 }
 
 #[test]

@@ -2,8 +2,12 @@
 //! one worker of the serving generation with sockshare (the protocol is in
 //! `sockshare::dispatch`, the worker's side).
 //!
-//! Serve keeps its own descriptor of a connection until the worker reports it taken, so
-//! the connections of a worker that dies first go to another worker ([`Link::orphans`]).
+//! Serve keeps its own descriptor of a connection until the worker's ledger shows it
+//! taken, so the connections of a worker that dies first go to another worker
+//! ([`Link::orphans`]). The worker never writes to the channel: serve reads the ledgers
+//! when it hands out connections, when a worker exits, and every [`SYNC_EVERY`] while
+//! it holds connections not yet taken (so a worker that ends connections without
+//! `shutdown` does not leave its clients waiting long on serve's descriptor).
 //! The choice: the fewest connections handed and not done, round-robin among equals,
 //! skipping a worker that has `queue` connections not yet taken (stalled or overloaded)
 //! until it catches up; so at most `queue` connections ever wait behind a stalled worker.
@@ -12,8 +16,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
-use sockshare::dispatch::{Hand, Report, HAND_SIZE, REPORT_SIZE};
+use std::time::Duration;
+
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
+use sockshare::dispatch::{Hand, Ledger, HAND_SIZE};
 
 use super::listeners::Listener;
 use super::log;
@@ -25,28 +31,39 @@ const BACKLOG_CAP: usize = 1024;
 /// the rest of the loop.
 const ACCEPT_BATCH: usize = 64;
 
-/// Serve's end of one worker's channel, and what the worker holds of serve's.
+/// How often serve reads the ledgers while it holds connections workers have not taken,
+/// when no connection wakes it sooner.
+pub const SYNC_EVERY: Duration = Duration::from_millis(5);
+
+/// Serve's end of one worker's channel and ledger, and what the worker holds of serve's.
 pub struct Link {
     fd: OwnedFd,
+    ledger: Ledger,
     /// The sequence number of the next connection handed: 1 + those handed so far.
     next_seq: u64,
-    /// Handed and not yet reported taken: serve's own descriptor of each.
+    /// Handed and not yet taken (by the ledger): serve's own descriptor of each.
     pending: VecDeque<(u64, OwnedFd, u32)>,
-    done: u64,
     /// Set once serve has ended the channel: nothing more is handed.
     closed: bool,
-    /// Set once the worker's end is closed (a read of 0 bytes) while the worker may still
-    /// run: nothing more is handed, nor read.
+    /// Set once the worker's end is found closed (a send fails) while the worker may
+    /// still run: nothing more is handed.
     hung_up: bool,
 }
 
+/// The worker's ends of its link, for `workers::spawn` to place.
+pub struct WorkerEnds {
+    pub channel: OwnedFd,
+    pub ledger: OwnedFd,
+}
+
 impl Link {
-    /// A channel: serve's end, and the worker's (close-on-exec; `workers::spawn` places it).
+    /// A channel and a ledger: serve's ends, and the worker's (close-on-exec;
+    /// `workers::spawn` places them).
     ///
     /// # Errors
     ///
-    /// The errors of `socketpair`.
-    pub fn pair() -> io::Result<(Link, OwnedFd)> {
+    /// The errors of `socketpair` and of making the ledger.
+    pub fn pair() -> io::Result<(Link, WorkerEnds)> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -54,61 +71,46 @@ impl Link {
             None,
         )?;
         rustix::io::ioctl_fionbio(&ours, true)?;
+        let (ledger, ledger_fd) = Ledger::create()?;
         let link = Link {
             fd: ours,
+            ledger,
             next_seq: 1,
             pending: VecDeque::new(),
-            done: 0,
             closed: false,
             hung_up: false,
         };
-        Ok((link, theirs))
+        Ok((
+            link,
+            WorkerEnds {
+                channel: theirs,
+                ledger: ledger_fd,
+            },
+        ))
     }
 
-    /// Connections handed and not yet done.
+    /// Connections handed and not yet done. A worker that wrote nonsense in its ledger
+    /// misleads this count, for itself only.
     fn load(&self) -> u64 {
-        (self.next_seq - 1).saturating_sub(self.done)
+        (self.next_seq - 1).saturating_sub(self.ledger.done())
     }
 
-    /// Reads the worker's reports: a taken connection's descriptor is closed here (the
-    /// worker holds it now), and the done count moves on.
-    pub fn read_reports(&mut self) {
-        let mut bytes = [0u8; REPORT_SIZE + 1];
-        loop {
-            let n = match rustix::net::recv(&self.fd, &mut bytes, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return,
-            };
-            if n == 0 {
-                // The worker closed its end (or sent an empty record, which no worker
-                // does). The channel now polls readable for good: watching it would spin
-                // serve's loop until the worker is reaped.
-                self.hung_up = true;
-                return;
-            }
-            // A damaged report is the worker's loss: it is ignored, as any stranger's.
-            let Some(report) = Report::from_bytes(&bytes[..n]) else {
-                continue;
-            };
-            if report.taken != 0 {
-                if let Some(at) = self
-                    .pending
-                    .iter()
-                    .position(|(seq, _, _)| *seq == report.taken)
-                {
-                    self.pending.remove(at);
-                }
-            }
-            self.done = self.done.max(report.done);
+    /// Reads the ledger: the descriptors of the connections the worker has taken are
+    /// closed here (the worker holds them now).
+    pub fn sync(&mut self) {
+        let taken = self.ledger.taken();
+        while self
+            .pending
+            .front()
+            .is_some_and(|(seq, _, _)| *seq <= taken)
+        {
+            self.pending.pop_front();
         }
     }
 
-    /// Whether the loop should wait for reports on it: not once the worker's end is
-    /// closed (the reports it sent before are read, the connections it never took come
-    /// back when it is reaped).
-    pub fn watched(&self) -> bool {
-        !self.hung_up
+    /// Whether serve holds connections handed to this worker and not yet taken.
+    pub fn holds(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Ends the channel: the worker reads what was handed, then the end, and finishes.
@@ -117,19 +119,13 @@ impl Link {
         let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
     }
 
-    /// The worker is gone: after its last reports, the connections it never took, for
+    /// The worker is gone: after its last records in the ledger, the connections it never took, for
     /// another worker.
     pub fn orphans(mut self) -> impl Iterator<Item = (OwnedFd, u32)> {
-        self.read_reports();
+        self.sync();
         self.pending
             .into_iter()
             .map(|(_, fd, listener)| (fd, listener))
-    }
-}
-
-impl AsFd for Link {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 
@@ -243,6 +239,8 @@ impl<'a> Dispatcher<'a> {
                             w.pid
                         ));
                     }
+                    // Its end is closed: the worker may run on, but takes nothing more.
+                    w.link.hung_up |= e.raw_os_error() == Some(libc::EPIPE);
                     refused[at] = true;
                     self.backlog.push_front((conn, listener));
                 }
@@ -299,36 +297,62 @@ fn hand(w: &mut Candidate<'_>, conn: &OwnedFd, listener: u32) -> io::Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream};
 
-    /// A worker that closes its end of the channel and goes on running: serve reads its
-    /// last reports, then neither waits on the channel (it would poll readable for good
-    /// and spin serve's loop) nor hands it anything.
+    fn seqs(link: &Link) -> Vec<u64> {
+        link.pending.iter().map(|(seq, _, _)| *seq).collect()
+    }
+
+    /// Serve drops its descriptors of the connections the ledger shows taken, and only
+    /// those; the load follows `done`; a worker's death gives back the rest.
     #[test]
-    fn a_worker_end_closed_is_neither_watched_nor_chosen() {
-        let (mut gone, theirs) = Link::pair().expect("a channel");
-        let (mut open, _kept) = Link::pair().expect("a channel");
-        let report = Report { taken: 0, done: 3 }.to_bytes();
-        rustix::net::send(&theirs, &report, SendFlags::empty()).expect("a report");
-        drop(theirs);
-        gone.read_reports();
-        assert_eq!(gone.done, 3, "the report sent before the end is read");
-        assert!(!gone.watched());
-        open.read_reports();
-        assert!(open.watched(), "an open channel with nothing to read");
+    fn the_ledger_releases_what_was_taken_and_counts_the_load() {
+        let (mut link, ends) = Link::pair().expect("a link");
+        let worker = Ledger::map(&ends.ledger).expect("the worker's mapping");
+        for seq in 1..=3 {
+            let placeholder = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+            link.pending.push_back((seq, placeholder, 0));
+        }
+        link.next_seq = 4;
+        link.sync();
+        assert_eq!(seqs(&link), [1, 2, 3], "nothing taken yet");
+        worker.set_taken(2);
+        link.sync();
+        assert_eq!(seqs(&link), [3]);
+        assert_eq!(link.load(), 3);
+        worker.add_done();
+        worker.add_done();
+        assert_eq!(link.load(), 1);
+        assert_eq!(link.orphans().map(|(_, l)| l).collect::<Vec<_>>(), [0]);
+    }
 
-        let dispatcher = Dispatcher::new(Vec::new(), 4).expect("a dispatcher");
+    /// A worker that closes its end of the channel and goes on running: the first hand
+    /// to it fails, the connection goes to another worker, and it is not chosen again.
+    #[test]
+    fn a_worker_end_closed_is_found_on_the_first_hand_and_not_chosen_again() {
+        let _session = sockshare::Session::new().expect("this process's session");
+        let (mut gone, ends) = Link::pair().expect("a link");
+        drop(ends);
+        let (mut open, _kept) = Link::pair().expect("a link");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut dispatcher = Dispatcher::new(Vec::new(), 4).expect("a dispatcher");
+        dispatcher.backlog.push_back((OwnedFd::from(conn), 0));
+        let me = std::process::id();
         let mut workers = [
             Candidate {
-                pid: 1,
+                pid: me,
                 link: &mut gone,
             },
             Candidate {
-                pid: 2,
+                pid: me,
                 link: &mut open,
             },
         ];
+        dispatcher.hand_out(&mut workers);
+        assert!(!dispatcher.has_backlog(), "the connection was handed");
         assert_eq!(dispatcher.choose(&workers, &[false, false]), Some(1));
-        workers.swap(0, 1);
-        assert_eq!(dispatcher.choose(&workers[1..], &[false]), None);
+        assert!(workers[0].link.hung_up);
+        assert_eq!(seqs(workers[1].link), [1]);
     }
 }

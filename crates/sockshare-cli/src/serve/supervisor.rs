@@ -24,7 +24,7 @@
 //! queued and starting reloads fail, every worker gets SIGTERM, then SIGKILL at the drain
 //! deadline (or at once on a second signal), and serve exits 0 when the last is gone.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 
 use super::control;
-use super::dispatch::{Candidate, Dispatcher, Link};
+use super::dispatch::{Candidate, Dispatcher, Link, SYNC_EVERY};
 use super::log;
 use super::notify::{monotonic_usec, Manager, Message};
 use super::workers::{self, Plan};
@@ -482,24 +482,16 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Under `--dispatch`, what the loop waits on besides its own: the listeners (not
-    /// once stopping) and every worker's channel (for its reports).
+    /// once stopping). Workers never write to their channels (see `dispatch`).
     pub fn watch(&self) -> impl Iterator<Item = BorrowedFd<'_>> + '_ {
-        let listeners = self
-            .dispatcher
+        self.dispatcher
             .iter()
             .filter(|_| self.stopping.is_none())
-            .flat_map(Dispatcher::watch);
-        let links = self
-            .generations()
-            .flat_map(|g| &g.workers)
-            .filter_map(|w| w.link.as_ref())
-            .filter(|l| l.watched())
-            .map(AsFd::as_fd);
-        listeners.chain(links)
+            .flat_map(Dispatcher::watch)
     }
 
-    /// Under `--dispatch`: reads the reports of the channels in `ready`, accepts on the
-    /// listeners in `ready`, and hands out what serve holds to the serving generation.
+    /// Under `--dispatch`: reads every worker's ledger, accepts on the listeners in
+    /// `ready`, and hands out what serve holds to the serving generation.
     pub fn dispatch(&mut self, ready: &[i32]) {
         if self.dispatcher.is_none() {
             return;
@@ -509,9 +501,7 @@ impl<'a> Supervisor<'a> {
             .flat_map(|g| &mut g.workers)
             .filter_map(|w| w.link.as_mut());
         for link in links {
-            if ready.contains(&link.as_fd().as_raw_fd()) {
-                link.read_reports();
-            }
+            link.sync();
         }
         if self.stopping.is_some() {
             return;
@@ -536,10 +526,24 @@ impl<'a> Supervisor<'a> {
         d.hand_out(&mut candidates);
     }
 
-    /// When `tick` next has something to do: at the latest in a second, as children are
-    /// looked at on SIGCHLD and at least once a second (see `reaped`).
+    /// When `tick` or `dispatch` next has something to do: at the latest in a second, as
+    /// children are looked at on SIGCHLD and at least once a second (see `reaped`); under
+    /// `--dispatch`, within `SYNC_EVERY` while serve holds connections no worker has
+    /// taken yet (handed or not).
     pub fn next_deadline(&self) -> Instant {
         let mut at = Instant::now() + Duration::from_secs(1);
+        let holds = self
+            .dispatcher
+            .as_ref()
+            .is_some_and(Dispatcher::has_backlog)
+            || self
+                .generations()
+                .flat_map(|g| &g.workers)
+                .filter_map(|w| w.link.as_ref())
+                .any(Link::holds);
+        if holds {
+            at = at.min(Instant::now() + SYNC_EVERY);
+        }
         if let Some(s) = &self.starting {
             at = at.min(s.deadline);
             if let Readiness::Alive(after) = self.config.readiness {

@@ -10,10 +10,11 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
+use super::dispatch::WorkerEnds;
 use super::listeners::{Listener, LISTEN_FDS_START};
 
 /// The user and group workers run as (`--user USER[:GROUP]`), resolved at start so a
@@ -150,19 +151,25 @@ pub struct Plan<'a> {
     pub user: Option<&'a Credentials>,
 }
 
-/// Starts one worker of `generation`; under `--dispatch`, `link` is the worker's end of
-/// its channel, placed right after the listeners.
+/// Starts one worker of `generation`; under `--dispatch`, `link` holds the worker's ends
+/// of its channel and ledger, placed right after the listeners.
 ///
 /// # Errors
 ///
 /// The trampoline could not be started (out of processes or memory); a command that
 /// cannot be executed shows as the worker exiting with status 127.
-pub fn spawn(plan: &Plan<'_>, generation: u64, link: Option<&OwnedFd>) -> io::Result<Child> {
+pub fn spawn(plan: &Plan<'_>, generation: u64, link: Option<&WorkerEnds>) -> io::Result<Child> {
     let names: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
     let mut fds: Vec<i32> = plan.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
-    // Above the range it is placed in, like the listeners (see the pre_exec below).
+    // Above the range they are placed in, like the listeners (see the pre_exec below).
+    let above = LISTEN_FDS_START + fds.len() as i32 + 2;
     let link = link
-        .map(|l| rustix::io::fcntl_dupfd_cloexec(l, LISTEN_FDS_START + fds.len() as i32 + 1))
+        .map(|l| -> io::Result<_> {
+            Ok((
+                rustix::io::fcntl_dupfd_cloexec(&l.channel, above)?,
+                rustix::io::fcntl_dupfd_cloexec(&l.ledger, above)?,
+            ))
+        })
         .transpose()?;
     let mut command = Command::new("/proc/self/exe");
     command
@@ -181,18 +188,20 @@ pub fn spawn(plan: &Plan<'_>, generation: u64, link: Option<&OwnedFd>) -> io::Re
         .env("NOTIFY_SOCKET", plan.notify_socket)
         .env("SOCKSHARE_GENERATION", generation.to_string())
         .stdin(Stdio::null());
-    if let (Some(link), Some(names)) = (&link, &plan.dispatched) {
+    if let (Some((channel, ledger)), Some(names)) = (&link, &plan.dispatched) {
         let at = LISTEN_FDS_START + fds.len() as i32;
         command
             .env(sockshare::dispatch::FD_VAR, at.to_string())
+            .env(sockshare::dispatch::LEDGER_VAR, (at + 1).to_string())
             .env(sockshare::dispatch::NAMES_VAR, names);
-        fds.push(link.as_raw_fd());
+        fds.push(channel.as_raw_fd());
+        fds.push(ledger.as_raw_fd());
     }
     // SAFETY: the closure only calls dup2, which is async-signal-safe, on numbers it owns
     // in the child: every listener sits above LISTEN_FDS_START + n (listeners::open), and
-    // the link above LISTEN_FDS_START + n + 1, so placing one never overwrites another
-    // not yet placed. dup2 leaves the copy without
-    // FD_CLOEXEC, so it survives the exec.
+    // the channel and ledger above LISTEN_FDS_START + n + 2, so placing one never
+    // overwrites another not yet placed. dup2 leaves the copy without FD_CLOEXEC, so it
+    // survives the exec.
     unsafe {
         command.pre_exec(move || {
             for (i, &fd) in fds.iter().enumerate() {
@@ -203,7 +212,7 @@ pub fn spawn(plan: &Plan<'_>, generation: u64, link: Option<&OwnedFd>) -> io::Re
             Ok(())
         });
     }
-    // `link`, serve's copy of the worker's end, closes when this returns.
+    // `link`, serve's copies of the worker's ends, closes when this returns.
     command.spawn()
 }
 

@@ -3,14 +3,15 @@
 //! Serve accepts each connection and hands it to one worker with [`duplicate`](crate::duplicate): the
 //! socket is in the worker's session from then on, and serve sends the worker the info,
 //! with a sequence number, over a channel the worker inherited. The worker redeems the
-//! info, tells serve it has *taken* that connection (serve then drops its own reference),
-//! and later that it is *done* with one (serve's load count). Serve hands each new
-//! connection to the worker with the fewest connections handed and not done; a worker
-//! with too many not yet taken gets none until it catches up, and the connections a
-//! worker dies without taking go to another worker.
+//! info and records in its [`Ledger`], a page of memory it shares with serve, that it has
+//! *taken* that connection (serve then drops its own reference), and later that it is
+//! *done* with one (serve's load count). Serve hands each new connection to the worker
+//! with the fewest connections handed and not done; a worker with too many not yet taken
+//! gets none until it catches up, and the connections a worker dies without taking go to
+//! another worker.
 //!
 //! [`Worker`] does all of that: [`Worker::accept`] returns the next connection, and the
-//! [`Connection`] reports itself done when dropped.
+//! [`Connection`] counts itself done when dropped.
 //!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
@@ -27,47 +28,54 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # The channel, for programs in other languages
+//! # The protocol, for programs in other languages
 //!
 //! The channel is a `SOCK_SEQPACKET` Unix socket at the descriptor in
-//! `SOCKSHARE_DISPATCH_FD`; `SOCKSHARE_DISPATCH_NAMES` names the dispatched listeners,
-//! `:`-separated, in the order of their indices. All integers are in the machine's byte
-//! order (serve and worker run on one machine).
+//! `SOCKSHARE_DISPATCH_FD`; the ledger is a memory file at the descriptor in
+//! `SOCKSHARE_DISPATCH_LEDGER_FD`, to map shared, read-write, [`LEDGER_SIZE`] bytes (its
+//! layout is in [`Ledger`]'s module: `u64 taken` at 0, `u64 done` at 8);
+//! `SOCKSHARE_DISPATCH_NAMES` names the dispatched listeners, `:`-separated, in the
+//! order of their indices. All integers are in the machine's byte order (serve and worker
+//! run on one machine).
 //!
 //! - Serve to worker, one record per connection ([`HAND_SIZE`] bytes): `u64` sequence
 //!   number (1, 2, ... per worker), `u32` listener index, `u32` zero, then the 372-byte
 //!   `WSAPROTOCOL_INFOA` to give `WSASocketA` (or [`ProtocolInfo::from_bytes`]).
-//! - Worker to serve ([`REPORT_SIZE`] bytes): `u64` the sequence number just taken (0 for
-//!   none), `u64` how many connections the worker has finished so far. A worker sends one
-//!   when it takes a connection (the done count riding along). [`Worker`] also sends one
-//!   with the done count alone before it waits for the next connection, when more than
-//!   one has finished since its last report: serve's count is then never more than one
-//!   above the truth, and a handoff costs one report. Any report moves the count on.
+//! - The worker takes records one at a time: it reads one, redeems the info, stores the
+//!   record's sequence number in `taken` (an atomic store, release order), and only then
+//!   reads the next one or does any I/O on the connection. A worker that dies before the
+//!   store has done nothing with the connection, so serve hands it to another worker
+//!   without it ever being served twice; serve closes its own descriptor of every
+//!   connection up to `taken`.
+//! - When it has finished a connection (shut it down and closed it), the worker adds one
+//!   to `done` (atomic add, release order): serve's count of its load.
 //! - The end of the channel (a read of 0 bytes) means: finish what you hold and exit.
 //!
-//! A worker reports a connection taken right after redeeming it, before any I/O on it: a
-//! worker that dies before reporting has done nothing with it, so serve can hand the
-//! connection to another worker without it ever being served twice.
+//! The worker never writes to the channel; serve reads the ledger when it hands out
+//! connections and when a worker exits, at least every few milliseconds while it holds
+//! connections not yet taken.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::info::INFO_A_SIZE;
 use crate::{ProtocolInfo, Session};
 
+mod ledger;
+pub use ledger::{Ledger, LEDGER_SIZE};
+
 /// The variable that gives the channel's descriptor.
 pub const FD_VAR: &str = "SOCKSHARE_DISPATCH_FD";
+/// The variable that gives the ledger's descriptor.
+pub const LEDGER_VAR: &str = "SOCKSHARE_DISPATCH_LEDGER_FD";
 /// The variable that names the dispatched listeners, `:`-separated.
 pub const NAMES_VAR: &str = "SOCKSHARE_DISPATCH_NAMES";
 /// The size of a record from serve: sequence, listener, zero, `WSAPROTOCOL_INFOA`.
 pub const HAND_SIZE: usize = 16 + INFO_A_SIZE;
-/// The size of a report to serve: taken sequence, done count.
-pub const REPORT_SIZE: usize = 16;
 
 /// One connection handed to a worker, as the channel carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,74 +113,23 @@ impl Hand {
     }
 }
 
-/// A worker's report: the sequence it just took (0 for none), and its finished count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Report {
-    /// The sequence number of the connection just taken, or 0.
-    pub taken: u64,
-    /// Connections finished so far.
-    pub done: u64,
-}
-
-impl Report {
-    /// The report's bytes.
-    #[must_use]
-    pub fn to_bytes(self) -> [u8; REPORT_SIZE] {
-        let mut out = [0u8; REPORT_SIZE];
-        out[..8].copy_from_slice(&self.taken.to_ne_bytes());
-        out[8..].copy_from_slice(&self.done.to_ne_bytes());
-        out
-    }
-
-    /// A report read from the channel; `None` unless it is exactly [`REPORT_SIZE`] bytes.
-    #[must_use]
-    pub fn from_bytes(bytes: &[u8]) -> Option<Report> {
-        let bytes: &[u8; REPORT_SIZE] = bytes.try_into().ok()?;
-        Some(Report {
-            taken: u64::from_ne_bytes(bytes[..8].try_into().ok()?),
-            done: u64::from_ne_bytes(bytes[8..].try_into().ok()?),
-        })
-    }
-}
-
-/// What a worker's connections share: the channel, to report on, and the done count.
+/// What a worker's connections share: the channel and the ledger.
 #[derive(Debug)]
 struct Shared {
     channel: OwnedFd,
-    done: AtomicU64,
-    /// Connections done since the last report. The done count rides on the next "taken"
-    /// report; a worker about to wait for work sends it first only when more than one is
-    /// unreported (see `behind`).
-    unreported: AtomicU64,
+    ledger: Ledger,
+    /// Held from reading a record to recording it taken, so records are taken in order
+    /// even when several threads accept (the ledger's first rule).
+    order: Mutex<()>,
 }
 
 impl Shared {
-    /// Reports `taken` (0 for none) with the done count.
-    fn report(&self, taken: u64) -> io::Result<()> {
-        // Cleared before the count is read: a connection dropped meanwhile counts again.
-        self.unreported.store(0, Ordering::Release);
-        let done = self.done.load(Ordering::Acquire);
-        let bytes = Report { taken, done }.to_bytes();
-        rustix::net::send(&self.channel, &bytes, rustix::net::SendFlags::NOSIGNAL)?;
-        Ok(())
-    }
-
-    /// One connection done: reported with the next connection taken, or before the worker
-    /// waits for one.
+    /// One connection done: serve's load count moves on.
     fn finished(&self) {
-        self.done.fetch_add(1, Ordering::AcqRel);
-        self.unreported.fetch_add(1, Ordering::AcqRel);
+        self.ledger.add_done();
     }
 
-    /// Whether serve's count of this worker's load is behind by more than one: then the
-    /// done count goes to serve before the worker waits. One connection alone waits for
-    /// the next "taken" report, so serve's count is at most one above the truth and a
-    /// handoff costs the worker one report (and serve one read), not two.
-    fn behind(&self) -> bool {
-        self.unreported.load(Ordering::Acquire) > 1
-    }
-
-    /// The next record, waiting for it.
+    /// The next record, waiting for it. Called with `order` held.
     fn read(&self, record: &mut [u8]) -> io::Result<usize> {
         loop {
             match rustix::io::read(&self.channel, &mut *record) {
@@ -181,22 +138,43 @@ impl Shared {
             }
         }
     }
+}
 
-    /// The next record, without waiting; `None` when none is queued yet.
-    fn try_read(&self, record: &mut [u8]) -> io::Result<Option<usize>> {
-        loop {
-            match rustix::net::recv(
-                &self.channel,
-                &mut *record,
-                rustix::net::RecvFlags::DONTWAIT,
-            ) {
-                Ok((n, _)) => return Ok(Some(n)),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
+/// The descriptor that variable `var` names, checked borrowed with `is_right` (so a wrong
+/// number, one something else owns or none, is refused without being closed or
+/// changed); `what` describes the right kind in the error.
+fn inherited(var: &str, what: &str, is_right: impl Fn(BorrowedFd<'_>) -> bool) -> io::Result<i32> {
+    let value = std::env::var(var).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{var} is not set: not a worker of `sockshare serve --dispatch`"),
+        )
+    })?;
+    let raw: i32 = value.parse().ok().filter(|&raw| raw >= 0).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{var}={value} is not a descriptor"),
+        )
+    })?;
+    // SAFETY: the borrow lives for the check only; a closed number makes it fail with
+    // EBADF, and nothing is closed or kept.
+    if !is_right(unsafe { BorrowedFd::borrow_raw(raw) }) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{var}={raw} is not {what}"),
+        ));
     }
+    Ok(raw)
+}
+
+/// Owns descriptor `raw`, checked by `inherited`, made close-on-exec.
+fn take_inherited(raw: i32) -> io::Result<OwnedFd> {
+    // SAFETY: serve passed this open descriptor to this process for the worker, which is
+    // the one taking it (`from_env` removes the variables first, so nothing takes it
+    // twice).
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(fd)
 }
 
 /// A worker of `sockshare serve --dispatch`: its session and its channel to serve.
@@ -209,59 +187,37 @@ pub struct Worker {
 
 impl Worker {
     /// The worker serve started this process as: takes the channel named by
-    /// `SOCKSHARE_DISPATCH_FD` (made close-on-exec, the variables removed, so a program
-    /// this one starts does not take it too) and starts the process's session.
+    /// `SOCKSHARE_DISPATCH_FD` and maps the ledger named by `SOCKSHARE_DISPATCH_LEDGER_FD`
+    /// (the channel made close-on-exec, the ledger's descriptor closed, the variables
+    /// removed, so a program this one starts takes neither), and starts the process's
+    /// session.
     ///
     /// # Errors
     ///
-    /// `NotFound` when the variable is unset (not started by `serve --dispatch`),
-    /// `InvalidInput` when it names no open socket, or the session's error.
+    /// `NotFound` when a variable is unset (not started by `serve --dispatch`),
+    /// `InvalidInput` when one names no channel or no ledger (both are left as they
+    /// were), or the session's error.
     pub fn from_env() -> io::Result<Worker> {
-        let raw: i32 = std::env::var(FD_VAR)
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{FD_VAR} is not set: not a worker of `sockshare serve --dispatch`"),
-                )
-            })?
-            .parse()
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{FD_VAR} is not a number"),
-                )
-            })?;
+        // Both checked before either is taken: a wrong one leaves both untouched.
+        let channel = inherited(FD_VAR, "an open SOCK_SEQPACKET socket", |fd| {
+            rustix::net::sockopt::socket_type(fd) == Ok(rustix::net::SocketType::SEQPACKET)
+        })?;
+        let ledger = inherited(LEDGER_VAR, "a dispatch ledger", |fd| {
+            Ledger::map(fd).is_ok()
+        })?;
         let names = std::env::var(NAMES_VAR).unwrap_or_default();
-        if raw < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{FD_VAR}={raw} is not a descriptor"),
-            ));
-        }
-        // Checked borrowed, so a wrong number (a descriptor something else owns, or none)
-        // is refused without being closed or changed.
-        // SAFETY: the borrow lives for these two calls only; a closed number makes them
-        // fail with EBADF, and nothing is closed or kept.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-        if rustix::net::sockopt::socket_type(borrowed) != Ok(rustix::net::SocketType::SEQPACKET) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{FD_VAR}={raw} is not an open SOCK_SEQPACKET socket"),
-            ));
-        }
         std::env::remove_var(FD_VAR);
+        std::env::remove_var(LEDGER_VAR);
         std::env::remove_var(NAMES_VAR);
-        // SAFETY: serve passed this open socket to this process for the worker, which is
-        // the one taking it (the variable is removed above, so nothing takes it twice).
-        let channel = unsafe { OwnedFd::from_raw_fd(raw) };
-        rustix::io::fcntl_setfd(&channel, rustix::io::FdFlags::CLOEXEC)?;
+        let channel = take_inherited(channel)?;
+        let ledger = Ledger::map(take_inherited(ledger)?)?;
         let session = Session::new().map_err(io::Error::from)?;
         Ok(Worker {
             session,
             shared: Arc::new(Shared {
                 channel,
-                done: AtomicU64::new(0),
-                unreported: AtomicU64::new(0),
+                ledger,
+                order: Mutex::new(()),
             }),
             names: names
                 .split(':')
@@ -295,24 +251,17 @@ impl Worker {
     /// A damaged record, an info this worker's session refuses, or the channel's error.
     pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
         let mut record = [0u8; HAND_SIZE + 1];
-        let shared = &self.shared;
-        let n = if shared.behind() {
-            match shared.try_read(&mut record)? {
-                Some(n) => n,
-                None => {
-                    // About to wait: serve learns now of the connections done meanwhile.
-                    shared.report(0)?;
-                    shared.read(&mut record)?
-                }
-            }
-        } else {
-            shared.read(&mut record)?
-        };
+        let _order = self
+            .shared
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = self.shared.read(&mut record)?;
         self.take(&record[..n])
     }
 
     /// Takes the connection a record read from the channel hands over (`None` for the
-    /// channel's end), and reports it taken.
+    /// channel's end), and records it taken. Called with `order` held.
     fn take(&self, record: &[u8]) -> io::Result<Option<Connection<Stream>>> {
         if record.is_empty() {
             return Ok(None);
@@ -337,7 +286,7 @@ impl Worker {
             ));
         };
         // Before the caller can do any I/O on it (see the module docs).
-        self.shared.report(hand.seq)?;
+        self.shared.ledger.set_taken(hand.seq);
         Ok(Some(Connection {
             stream,
             listener: hand.listener as usize,
@@ -450,7 +399,7 @@ impl AsFd for Stream {
 /// knows its load.
 ///
 /// The shutdown is why the client sees the end at once: serve keeps its own descriptor of
-/// a connection until it has read the worker's "taken" report, which may come after the
+/// a connection until it has read in the ledger that the worker took it, which may be after the
 /// worker has finished; a `close` alone would leave the connection open until then, and
 /// the client, not the server, would end it.
 #[derive(Debug)]
@@ -546,6 +495,7 @@ mod tokio_worker {
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
     use std::pin::Pin;
     use std::sync::Arc;
+    use std::sync::PoisonError;
     use std::task::{Context, Poll};
     use tokio::io::unix::AsyncFd;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -618,21 +568,19 @@ mod tokio_worker {
         pub async fn accept(&self) -> io::Result<Option<Connection<AsyncStream>>> {
             let mut record = [0u8; HAND_SIZE + 1];
             let shared = &self.worker.shared;
-            if shared.behind() {
-                if let Some(n) = shared.try_read(&mut record)? {
-                    return self.finish(&record[..n]);
-                }
-                // About to wait: serve learns now of the connections done meanwhile.
-                shared.report(0)?;
-            }
-            let n = loop {
+            loop {
                 let mut ready = self.channel.readable().await?;
+                // Not held across an await: the read and the take happen at once, or the
+                // guard is dropped before waiting again.
+                let _order = shared.order.lock().unwrap_or_else(PoisonError::into_inner);
                 match ready.try_io(|c| Ok(rustix::io::read(&c.get_ref().0.channel, &mut record)?)) {
-                    Ok(result) => break result?,
+                    Ok(result) => {
+                        let n = result?;
+                        return self.finish(&record[..n]);
+                    }
                     Err(_would_block) => continue,
                 }
-            };
-            self.finish(&record[..n])
+            }
         }
 
         /// Takes the connection of a record, as a tokio stream.
@@ -747,8 +695,5 @@ mod tests {
         };
         assert_eq!(Hand::from_bytes(&hand.to_bytes()), Some(hand));
         assert_eq!(Hand::from_bytes(&[0; HAND_SIZE - 1]), None);
-        let report = Report { taken: 3, done: 11 };
-        assert_eq!(Report::from_bytes(&report.to_bytes()), Some(report));
-        assert_eq!(Report::from_bytes(&[0; REPORT_SIZE + 1]), None);
     }
 }
