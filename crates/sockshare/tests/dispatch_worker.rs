@@ -282,6 +282,7 @@ fn the_tokio_worker_takes_connections_as_tokio_streams() {
     rt.block_on(async {
         let (worker, serve) = worker();
         let worker = worker.into_async().unwrap();
+        assert_eq!(worker.listener_names(), ["web", "admin"]);
         let mut client = hand(&serve, 1, &listener);
         client.write_all(b"ping").unwrap();
         let mut conn = worker.accept().await.unwrap().expect("a connection");

@@ -603,10 +603,21 @@ mod tokio_worker {
             .map(Some)
         }
 
-        /// The worker's listener names and readiness call.
+        /// Tells serve this worker is ready, as [`Worker::notify_ready`].
+        ///
+        /// # Errors
+        ///
+        /// `NOTIFY_SOCKET` unset or unusable.
+        pub fn notify_ready(&self) -> io::Result<()> {
+            self.worker.notify_ready()
+        }
+
+        /// The names of the dispatched listeners, by index, as
+        /// [`Worker::listener_names`]. (The blocking [`Worker::accept`] is not offered
+        /// here: the channel is nonblocking once tokio has it.)
         #[must_use]
-        pub fn worker(&self) -> &Worker {
-            &self.worker
+        pub fn listener_names(&self) -> &[String] {
+            self.worker.listener_names()
         }
     }
 
