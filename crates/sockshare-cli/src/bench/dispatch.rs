@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 use socket2::{Domain, Socket, Type};
 
+use super::report::{median_f, percentile};
 use super::serve_harness::{free_port, Harness, Notify, Serve};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -274,12 +275,9 @@ struct Figures {
     failed: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[at].as_secs_f64() * 1000.0
+/// The `p` quantile of sorted latencies, in milliseconds; NaN for none.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    percentile(sorted, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// Runs one scenario of one mode, from a fresh set of workers.
@@ -331,8 +329,8 @@ fn run_one(
     );
     let figures = Figures {
         per_second: seen.latencies.len() as f64 / seen.elapsed.as_secs_f64(),
-        p50_ms: percentile(&seen.latencies, 0.50),
-        p99_ms: percentile(&seen.latencies, 0.99),
+        p50_ms: percentile_ms(&seen.latencies, 0.50),
+        p99_ms: percentile_ms(&seen.latencies, 0.99),
         share: if min == 0 || counts.len() < args.workers as usize {
             f64::INFINITY
         } else {
@@ -342,11 +340,6 @@ fn run_one(
         failed: seen.failed as f64,
     };
     Ok((figures, seen.example))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs every mode and scenario and prints the table.
@@ -398,7 +391,7 @@ pub fn run(args: &DispatchArgs) -> Result<()> {
     for (s, scenario) in scenarios.iter().enumerate() {
         for (m, mode) in MODES.iter().enumerate() {
             let runs = &all[&(s, m)];
-            let pick = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+            let pick = |f: fn(&Figures) -> f64| median_f(runs.iter().map(f).collect());
             let _ = writeln!(
                 out,
                 "{:<8} {:<10} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>8.0} {:>7.0}",
@@ -412,7 +405,7 @@ pub fn run(args: &DispatchArgs) -> Result<()> {
                 pick(|f| f.failed),
             );
         }
-        let ratio = |m: usize| median(all[&(s, m)].iter().map(|f| f.per_second).collect());
+        let ratio = |m: usize| median_f(all[&(s, m)].iter().map(|f| f.per_second).collect());
         let _ = writeln!(
             out,
             "{:<8} dispatch/reuseport {:.2}x, dispatch/shared {:.2}x",

@@ -38,20 +38,23 @@ impl Figure {
         samples.sort_unstable();
         Ok(Figure {
             ops_per_s: count as f64 * 1e9 / (last - first) as f64,
-            p50_ns: percentile(&samples, 50.0),
-            p99_ns: percentile(&samples, 99.0),
+            p50_ns: percentile(&samples, 0.50).unwrap_or_default(),
+            p99_ns: percentile(&samples, 0.99).unwrap_or_default(),
             count,
             bytes_per_pending: None,
         })
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let at = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
-    sorted[at]
+/// The `p` quantile (0 to 1) of sorted samples, by nearest rank: the smallest sample with
+/// at least `p` of them at or below it. `None` for no samples. Every bench uses this one.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = (sorted.len() as f64 * p).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
+/// The median of repetitions (the upper one of an even count).
+pub fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -316,4 +319,20 @@ pub fn json(rows: &[Row]) -> String {
     }
     out.push_str("]\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_by_nearest_rank() {
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&hundred, 0.50), Some(50));
+        assert_eq!(percentile(&hundred, 0.99), Some(99));
+        assert_eq!(percentile(&hundred, 1.0), Some(100));
+        assert_eq!(percentile(&hundred, 0.0), Some(1));
+        assert_eq!(percentile(&[7u64], 0.99), Some(7));
+        assert_eq!(percentile::<u64>(&[], 0.5), None);
+    }
 }
