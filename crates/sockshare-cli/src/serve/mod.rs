@@ -66,8 +66,9 @@ pub struct ServeArgs {
     max_draining: u32,
     /// Accept on the stream listeners here and hand each connection to the least loaded
     /// worker with sockshare (workers take them with `sockshare::dispatch::Worker`, or
-    /// in C through `SOCKSHARE_DISPATCH_FD` and `WSASocketA`). Datagram listeners are
-    /// not dispatched: workers get them whole, as without this option.
+    /// in C through `SOCKSHARE_DISPATCH_FD`, the ledger at `SOCKSHARE_DISPATCH_LEDGER_FD`
+    /// and `WSASocketA`: docs/dispatch.md). Datagram listeners are not dispatched:
+    /// workers get them whole, as without this option.
     #[arg(long)]
     dispatch: bool,
     /// Under `--dispatch`: connections a worker may hold handed but not yet taken; a
