@@ -1006,8 +1006,7 @@ fn sockets_pushed_while_the_target_redeems_reach_its_table_once_it_stops() {
     let reply = source.ok("udp-bind 127.0.0.1:0");
     let slot = reply.split_whitespace().next().unwrap().to_owned();
     let dup = |source: &mut Peer| {
-        let hex = source.ok(&format!("dup {slot} {}", session.pid()));
-        ProtocolInfo::from_bytes(&from_hex(&hex).unwrap()).unwrap()
+        info_from_hex(&source.ok(&format!("dup {slot} {}", session.pid()))).unwrap()
     };
     // Pushes that follow redeems within a millisecond: the thread goes quiet.
     for _ in 0..8 {

@@ -833,6 +833,32 @@ fn runnable_by_everyone(dir: &TempDir) -> PathBuf {
     copy
 }
 
+/// What a test that acts as `nobody` needs: its ids, and a copy of the binary it may run
+/// (kept in `_dir`). `None`, after saying the test is skipped and why, unless this runs as
+/// root.
+struct Nobody {
+    uid: u32,
+    gid: u32,
+    exe: PathBuf,
+    _dir: TempDir,
+}
+
+fn nobody(tag: &str, needs: &str) -> Option<Nobody> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: {needs} needs root");
+        return None;
+    }
+    let (uid, gid) = passwd("nobody").expect("a user nobody");
+    let dir = TempDir::new(tag);
+    let exe = runnable_by_everyone(&dir);
+    Some(Nobody {
+        uid,
+        gid,
+        exe,
+        _dir: dir,
+    })
+}
+
 /// The uid and gid of `user`, from /etc/passwd.
 fn passwd(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
@@ -855,13 +881,15 @@ fn ids(pid: u32, key: &str) -> Vec<u32> {
 /// nobody (every uid and gid), and their READY=1 still counts.
 #[test]
 fn workers_run_as_the_user_given_and_their_ready_counts() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: dropping privileges needs root");
+    let Some(Nobody {
+        uid,
+        gid,
+        exe,
+        _dir,
+    }) = nobody("user", "dropping privileges")
+    else {
         return;
-    }
-    let (uid, gid) = passwd("nobody").expect("a user nobody");
-    let dir = TempDir::new("user");
-    let exe = runnable_by_everyone(&dir);
+    };
     let low = std::iter::once(80)
         .chain(600..1024)
         .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok());
@@ -1175,13 +1203,15 @@ fn ready_from_a_process_that_is_no_worker_does_not_count() {
 /// taken for that pid's serve (the client checks the listener's pid).
 #[test]
 fn reload_is_refused_to_another_user_and_not_sent_to_a_squatter() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: acting as another user needs root");
+    let Some(Nobody {
+        uid,
+        gid,
+        exe,
+        _dir,
+    }) = nobody("control", "acting as another user")
+    else {
         return;
-    }
-    let (uid, gid) = passwd("nobody").expect("a user nobody");
-    let dir = TempDir::new("control");
-    let exe = runnable_by_everyone(&dir);
+    };
     let (serve, _) = serve_on_tcp(&[], &[BIN, "hello"]);
     let out = run(Command::new(&exe)
         .args([

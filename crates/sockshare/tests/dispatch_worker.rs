@@ -99,14 +99,19 @@ fn a_wrong_descriptor_in_a_variable_is_refused_and_both_are_left_open() {
     std::env::remove_var(LEDGER_VAR);
 }
 
-/// A TCP connection handed the way serve hands it: duplicated for this process, the
-/// record sent. Returns the client's end, and serve's own descriptor, which serve keeps
-/// until the ledger shows the connection taken.
-fn hand_kept(serve: &Serve, seq: u64, listener: &TcpListener) -> (TcpStream, TcpStream) {
-    hand_from(serve, seq, 1, listener)
+/// Hands `socket` the way serve does: duplicated for this process, the record sent.
+fn send_hand(serve: &Serve, seq: u64, index: u32, socket: impl std::os::fd::AsFd) {
+    let info = sockshare::duplicate(socket.as_fd(), std::process::id()).unwrap();
+    let record = Hand {
+        seq,
+        listener: index,
+        info: info.to_bytes_a(),
+    };
+    serve.send(&record.to_bytes()).unwrap();
 }
 
-/// [`hand_kept`] from listener index `index`.
+/// A TCP connection handed from listener index `index`. Returns the client's end, and
+/// serve's own descriptor, which serve keeps until the ledger shows the connection taken.
 fn hand_from(
     serve: &Serve,
     seq: u64,
@@ -115,19 +120,13 @@ fn hand_from(
 ) -> (TcpStream, TcpStream) {
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (conn, _) = listener.accept().unwrap();
-    let info = sockshare::duplicate(&conn, std::process::id()).unwrap();
-    let record = Hand {
-        seq,
-        listener: index,
-        info: info.to_bytes_a(),
-    };
-    serve.send(&record.to_bytes()).unwrap();
+    send_hand(serve, seq, index, &conn);
     (client, conn)
 }
 
-/// [`hand_kept`], serve's descriptor closed at once.
+/// [`hand_from`] listener 1, serve's descriptor closed at once.
 fn hand(serve: &Serve, seq: u64, listener: &TcpListener) -> TcpStream {
-    hand_kept(serve, seq, listener).0
+    hand_from(serve, seq, 1, listener).0
 }
 
 #[test]
@@ -217,7 +216,7 @@ fn threads_accepting_at_once_take_every_record_once_in_order() {
 fn the_client_sees_the_end_when_the_worker_drops_the_connection_while_serve_holds_it() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (worker, serve) = worker();
-    let (mut client, serves_copy) = hand_kept(&serve, 1, &listener);
+    let (mut client, serves_copy) = hand_from(&serve, 1, 1, &listener);
     let mut conn = worker.accept().unwrap().expect("a connection");
     conn.write_all(b"pong").unwrap();
     drop(conn);
@@ -239,14 +238,7 @@ fn accept_tcp_ends_a_unix_connection_and_counts_it_done() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (worker, serve) = worker();
     let (mut client, served) = std::os::unix::net::UnixStream::pair().unwrap();
-    let info = sockshare::duplicate(&served, std::process::id()).unwrap();
-    drop(served);
-    let record = Hand {
-        seq: 1,
-        listener: 0,
-        info: info.to_bytes_a(),
-    };
-    serve.send(&record.to_bytes()).unwrap();
+    send_hand(&serve, 1, 0, served);
     let err = worker.accept_tcp().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert_eq!(serve.ledger(), (1, 1));

@@ -42,6 +42,9 @@ pub struct Link {
     next_seq: u64,
     /// Handed and not yet taken (by the ledger): serve's own descriptor of each.
     pending: VecDeque<(u64, OwnedFd, u32)>,
+    /// The ledger's done count at the last `sync`: read once a turn, not once per
+    /// connection and worker compared (the page is written by another core).
+    done: u64,
     /// Set once serve has ended the channel: nothing more is handed.
     closed: bool,
     /// Set once the worker's end is found closed (a send fails) while the worker may
@@ -76,6 +79,7 @@ impl Link {
             ledger,
             next_seq: 1,
             pending: VecDeque::new(),
+            done: 0,
             closed: false,
             hung_up: false,
         };
@@ -88,15 +92,16 @@ impl Link {
         ))
     }
 
-    /// Connections handed and not yet done. A worker that wrote nonsense in its ledger
-    /// misleads this count, for itself only.
+    /// Connections handed and not yet done, as of the last `sync`. A worker that wrote
+    /// nonsense in its ledger misleads this count, for itself only.
     fn load(&self) -> u64 {
-        (self.next_seq - 1).saturating_sub(self.ledger.done())
+        (self.next_seq - 1).saturating_sub(self.done)
     }
 
     /// Reads the ledger: the descriptors of the connections the worker has taken are
-    /// closed here (the worker holds them now).
+    /// closed here (the worker holds them now), and the done count moves on.
     pub fn sync(&mut self) {
+        self.done = self.ledger.done();
         let taken = self.ledger.taken();
         while self
             .pending
@@ -321,6 +326,8 @@ mod tests {
         assert_eq!(link.load(), 3);
         worker.add_done();
         worker.add_done();
+        assert_eq!(link.load(), 3, "counted at the next sync");
+        link.sync();
         assert_eq!(link.load(), 1);
         assert_eq!(link.orphans().map(|(_, l)| l).collect::<Vec<_>>(), [0]);
     }

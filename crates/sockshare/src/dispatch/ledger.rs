@@ -31,7 +31,7 @@
 //! The rest of the page is zero and reserved.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,16 +78,22 @@ impl Ledger {
     /// `InvalidInput` when `fd` is not a ledger (not a sealed memory file of at least
     /// [`LEDGER_SIZE`] bytes), or the error of `mmap`.
     pub fn map(fd: impl AsFd) -> io::Result<Ledger> {
-        let fd = fd.as_fd();
-        let seals = rustix::fs::fcntl_get_seals(fd).unwrap_or(SealFlags::empty());
-        let size = rustix::fs::fstat(fd).map(|s| s.st_size).unwrap_or(0);
-        if !seals.contains(SealFlags::SHRINK) || size < LEDGER_SIZE as i64 {
+        if !Ledger::is_ledger(fd.as_fd()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a dispatch ledger (a sealed memfd of one page)",
             ));
         }
         Ledger::map_fd(fd)
+    }
+
+    /// Whether `fd` is a memory file sealed against shrinking, of at least [`LEDGER_SIZE`]
+    /// bytes: one that can be mapped as a ledger without a later `SIGBUS`. Two system
+    /// calls, nothing mapped.
+    #[must_use]
+    pub fn is_ledger(fd: BorrowedFd<'_>) -> bool {
+        let sealed = rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        sealed && rustix::fs::fstat(fd).is_ok_and(|s| s.st_size >= LEDGER_SIZE as i64)
     }
 
     fn map_fd(fd: impl AsFd) -> io::Result<Ledger> {

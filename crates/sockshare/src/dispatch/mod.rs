@@ -202,9 +202,7 @@ impl Worker {
         let channel = inherited(FD_VAR, "an open SOCK_SEQPACKET socket", |fd| {
             rustix::net::sockopt::socket_type(fd) == Ok(rustix::net::SocketType::SEQPACKET)
         })?;
-        let ledger = inherited(LEDGER_VAR, "a dispatch ledger", |fd| {
-            Ledger::map(fd).is_ok()
-        })?;
+        let ledger = inherited(LEDGER_VAR, "a dispatch ledger", Ledger::is_ledger)?;
         let names = std::env::var(NAMES_VAR).unwrap_or_default();
         std::env::remove_var(FD_VAR);
         std::env::remove_var(LEDGER_VAR);

@@ -61,9 +61,9 @@ impl Inner {
         }
     }
 
-    /// Whether this process redeemed within the last `within`.
-    pub(super) fn redeemed_within(&self, within: Duration) -> bool {
-        self.last_redeem.is_some_and(|t| t.elapsed() < within)
+    /// Whether this process redeemed within the last `ACTIVE`.
+    pub(super) fn redeemed_recently(&self) -> bool {
+        self.last_redeem.is_some_and(|t| t.elapsed() < ACTIVE)
     }
 
     /// Moves one batch of the records queued on connection `slot` into the table, up to

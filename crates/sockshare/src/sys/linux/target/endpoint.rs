@@ -348,11 +348,12 @@ pub(super) fn serve(ep: &Endpoint) {
             ep.accept_all();
         }
         let mut inner = lock(&ep.inner);
-        if quiet && !inner.redeemed_within(ACTIVE) {
+        let redeeming = inner.redeemed_recently();
+        if quiet && !redeeming {
             ep.watch_conns(&inner, true);
             quiet = false;
         }
-        let deferred = !ready.is_empty() && inner.redeemed_within(ACTIVE);
+        let deferred = !ready.is_empty() && redeeming;
         let drain = !ready.is_empty() && !deferred;
         if starved {
             inner.drain_all(None);
