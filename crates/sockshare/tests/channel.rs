@@ -5,6 +5,8 @@
 // Channel exists on Linux only (tests/windows.rs covers the Windows backend).
 #![cfg(target_os = "linux")]
 
+mod nofile;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -202,20 +204,7 @@ fn child_out_of_descriptors_receives_later() {
     let Some(channel) = inherited_end() else {
         return;
     };
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let old = getrlimit(Resource::Nofile);
-    let mut fillers = Vec::new();
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(64),
-            maximum: old.maximum,
-        },
-    )
-    .unwrap();
-    while let Ok(f) = std::fs::File::open("/dev/null") {
-        fillers.push(f);
-    }
+    let mut fillers = nofile::fill_descriptor_table(64);
     let err = channel.recv().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TooManyDescriptors);
     fillers.pop();

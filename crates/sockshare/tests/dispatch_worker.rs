@@ -4,13 +4,17 @@
 
 #![cfg(target_os = "linux")]
 
+mod nofile;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use sockshare::dispatch::{Hand, Ledger, Worker, FD_VAR, HAND_SIZE, LEDGER_VAR, NAMES_VAR};
+use sockshare::dispatch::{
+    Hand, Ledger, Worker, FD_VAR, HAND_SIZE, HEADER_SIZE, LEDGER_VAR, NAMES_VAR,
+};
 
 /// Serve's ends of a worker's channel and ledger.
 struct Serve {
@@ -29,10 +33,9 @@ impl Serve {
     }
 }
 
-/// Serve's ends, with the worker made from the others through the environment, as a
-/// worker process would be.
-fn worker() -> (Worker, Serve) {
-    let _env = env_lock();
+/// A channel as serve makes it: serve's end, and the worker's, which asks for every
+/// record's credentials before the worker starts.
+fn channel_pair() -> (OwnedFd, OwnedFd) {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -40,6 +43,15 @@ fn worker() -> (Worker, Serve) {
         None,
     )
     .unwrap();
+    rustix::net::sockopt::set_socket_passcred(&theirs, true).unwrap();
+    (ours, theirs)
+}
+
+/// Serve's ends, with the worker made from the others through the environment, as a
+/// worker process would be.
+fn worker() -> (Worker, Serve) {
+    let _env = env_lock();
+    let (ours, theirs) = channel_pair();
     let (ledger, ledger_fd) = Ledger::create().unwrap();
     std::env::set_var(FD_VAR, theirs.as_raw_fd().to_string());
     std::env::set_var(LEDGER_VAR, ledger_fd.as_raw_fd().to_string());
@@ -69,13 +81,7 @@ fn env_lock() -> std::sync::MutexGuard<'static, ()> {
 fn a_wrong_descriptor_in_a_variable_is_refused_and_both_are_left_open() {
     let _env = env_lock();
     let file = std::fs::File::open("/dev/null").unwrap();
-    let (channel, _serve) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let (_serve, channel) = channel_pair();
     let (_ledger, ledger_fd) = Ledger::create().unwrap();
     for (channel_var, ledger_var) in [
         (file.as_raw_fd(), ledger_fd.as_raw_fd()),
@@ -99,15 +105,21 @@ fn a_wrong_descriptor_in_a_variable_is_refused_and_both_are_left_open() {
     std::env::remove_var(LEDGER_VAR);
 }
 
-/// Hands `socket` the way serve does: duplicated for this process, the record sent.
+/// Hands `socket` the way serve does, in both forms by turns, as serve may once the
+/// worker has asked for descriptors: an odd `seq` as an info record (duplicated for this
+/// process), an even one as a descriptor record.
 fn send_hand(serve: &Serve, seq: u64, index: u32, socket: impl std::os::fd::AsFd) {
-    let info = sockshare::duplicate(socket.as_fd(), std::process::id()).unwrap();
-    let record = Hand {
+    let hand = Hand {
         seq,
         listener: index,
-        info: info.to_bytes_a(),
     };
-    serve.send(&record.to_bytes()).unwrap();
+    if seq % 2 == 1 {
+        let info = sockshare::duplicate(socket.as_fd(), std::process::id()).unwrap();
+        hand.send_info(serve.channel.as_fd(), &info.to_bytes_a())
+    } else {
+        hand.send_descriptor(serve.channel.as_fd(), socket.as_fd())
+    }
+    .unwrap();
 }
 
 /// A TCP connection handed from listener index `index`. Returns the client's end, and
@@ -134,6 +146,10 @@ fn a_worker_takes_records_in_the_ledger_and_stops_at_the_end_of_the_channel() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (worker, serve) = worker();
     assert_eq!(worker.listener_names(), ["web", "admin"]);
+    assert!(
+        serve.ledger.asks_for_descriptors(),
+        "a Rust worker takes descriptor records"
+    );
 
     let mut client = hand(&serve, 7, &listener);
     let mut conn = worker.accept().unwrap().expect("a connection");
@@ -231,34 +247,67 @@ fn the_client_sees_the_end_when_the_worker_drops_the_connection_while_serve_hold
     drop(serves_copy);
 }
 
-/// `accept_tcp` handed a Unix connection refuses it: the client sees the end, and the
-/// connection counts as done.
+/// `accept_tcp` handed a Unix connection, in either form, refuses it: the client sees
+/// the end, and the connection counts as done.
 #[test]
 fn accept_tcp_ends_a_unix_connection_and_counts_it_done() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (worker, serve) = worker();
-    let (mut client, served) = std::os::unix::net::UnixStream::pair().unwrap();
-    send_hand(&serve, 1, 0, served);
-    let err = worker.accept_tcp().unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-    assert_eq!(serve.ledger(), (1, 1));
-    let mut rest = Vec::new();
-    client.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
+    for seq in [1, 2] {
+        let (mut client, served) = std::os::unix::net::UnixStream::pair().unwrap();
+        send_hand(&serve, seq, 0, served);
+        let err = worker.accept_tcp().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert_eq!(serve.ledger(), (seq, seq));
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
 
-    let _client = hand(&serve, 2, &listener);
+    let _client = hand(&serve, 3, &listener);
     let _conn = worker.accept().unwrap().expect("a connection");
-    assert_eq!(serve.ledger(), (2, 1));
+    assert_eq!(serve.ledger(), (3, 2));
 }
 
+/// Records of neither form are refused, not taken, and what they carried is closed.
 #[test]
 fn a_damaged_record_is_refused_not_taken() {
     let (worker, serve) = worker();
-
-    serve.send(&[0u8; HAND_SIZE - 1]).unwrap();
+    let hand = Hand {
+        seq: 1,
+        listener: 0,
+    };
+    let mut reserved = hand.header();
+    reserved[15] = 1;
+    let info_size = hand.with_info(&[0; HAND_SIZE - HEADER_SIZE]);
+    for record in [&info_size[..HAND_SIZE - 1], &hand.header(), &reserved] {
+        serve.send(record).unwrap();
+        let err = worker.accept().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    }
+    // An info record with a descriptor attached: the descriptor is closed.
+    let (mut client, served) = std::os::unix::net::UnixStream::pair().unwrap();
+    send_with(&serve, &info_size, served);
     let err = worker.accept().unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "closed, not kept");
     assert_eq!(serve.ledger(), (0, 0), "nothing taken");
+}
+
+/// Sends `bytes` with `fd` attached.
+fn send_with(serve: &Serve, bytes: &[u8], fd: impl AsFd) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd.as_fd()];
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        &serve.channel,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::empty(),
+    );
+    assert_eq!(sent.unwrap(), bytes.len());
 }
 
 #[cfg(feature = "tokio")]
@@ -305,4 +354,158 @@ fn the_tokio_worker_takes_connections_as_tokio_streams() {
         });
         assert!(ended.unwrap().is_none());
     });
+}
+
+/// Tests that start a child process run one at a time: a descriptor left inheritable for
+/// one child must not leak into another test's child.
+fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
+    static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SPAWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The variable that tells a child which part to play, and with which descriptors.
+const CHILD_VAR: &str = "DISPATCH_WORKER_CHILD";
+
+/// Starts this test binary again as a child running test `test`, to play `part` with
+/// `fds` (inherited as duplicates without close-on-exec, closed here once it has
+/// started; their numbers in `CHILD_VAR`) and `vars`. Waits for it, at most 20 s, and
+/// says whether it passed.
+fn run_child(
+    test: &str,
+    part: &str,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    vars: &[(&str, String)],
+) -> bool {
+    let _spawn = spawn_lock();
+    let inherited: Vec<_> = fds.iter().map(|fd| rustix::io::dup(fd).unwrap()).collect();
+    let numbers: Vec<String> = inherited
+        .iter()
+        .map(|fd| fd.as_raw_fd().to_string())
+        .collect();
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, format!("{part}:{}", numbers.join(",")));
+    for (var, value) in vars {
+        command.env(var, value);
+    }
+    let mut child = command.spawn().unwrap();
+    drop(inherited);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {test} still running after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The descriptor numbers a child was given, in order; `None` when this process is not
+/// that child (`part` names the part).
+fn child_fds(part: &str) -> Option<Vec<i32>> {
+    let value = std::env::var(CHILD_VAR).ok()?;
+    let fds = value.strip_prefix(part)?.strip_prefix(':')?;
+    Some(fds.split(',').map(|n| n.parse().unwrap()).collect())
+}
+
+/// Only serve, the process that made the channel, may hand a worker a connection: a
+/// record from any other process that holds serve's end (here a child of this test,
+/// playing a process that got hold of it) is refused, what it carried is closed, and
+/// nothing is taken. Serve's own records still are.
+#[test]
+fn a_record_from_a_process_other_than_serve_is_refused_and_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (worker, serve) = worker();
+    let (mut client, served) = std::os::unix::net::UnixStream::pair().unwrap();
+    let passed = run_child(
+        "child_sends_a_connection_on_serves_end",
+        "intruder",
+        &[serve.channel.as_fd(), served.as_fd()],
+        &[],
+    );
+    assert!(passed, "the child could send on serve's end");
+    drop(served);
+    let err = worker.accept().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "closed, not kept");
+    assert_eq!(serve.ledger(), (0, 0), "nothing taken");
+
+    let _client = hand(&serve, 2, &listener);
+    let _conn = worker.accept().unwrap().expect("serve's record");
+    assert_eq!(serve.ledger(), (2, 0));
+}
+
+#[test]
+fn child_sends_a_connection_on_serves_end() {
+    let Some(fds) = child_fds("intruder") else {
+        return;
+    };
+    // SAFETY: the parent left these two open for this process and named them.
+    let (channel, conn) = unsafe {
+        (
+            std::os::fd::BorrowedFd::borrow_raw(fds[0]),
+            std::os::fd::BorrowedFd::borrow_raw(fds[1]),
+        )
+    };
+    let hand = Hand {
+        seq: 1,
+        listener: 0,
+    };
+    hand.send_descriptor(channel, conn).unwrap();
+}
+
+/// A worker out of descriptors gets `EMFILE`, and the connection stays queued: it takes
+/// it once a descriptor is free, never loses it. (`RLIMIT_NOFILE` is per process: the
+/// worker is a child.)
+#[test]
+fn a_worker_out_of_descriptors_takes_the_connection_later() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ours, theirs) = channel_pair();
+    let (ledger, ledger_fd) = Ledger::create().unwrap();
+    let serve = Serve {
+        channel: UnixDatagram::from(ours),
+        ledger,
+    };
+    let (mut client, _serves_copy) = hand_from(&serve, 2, 0, &listener);
+    let passed = run_child(
+        "child_worker_out_of_descriptors",
+        "worker",
+        &[theirs.as_fd(), ledger_fd.as_fd()],
+        &[],
+    );
+    assert!(passed, "the worker child failed");
+    assert_eq!(serve.ledger(), (2, 1));
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"pong");
+}
+
+#[test]
+fn child_worker_out_of_descriptors() {
+    let Some(fds) = child_fds("worker") else {
+        return;
+    };
+    std::env::set_var(FD_VAR, fds[0].to_string());
+    std::env::set_var(LEDGER_VAR, fds[1].to_string());
+    let worker = Worker::from_env().unwrap();
+    let mut fillers = nofile::fill_descriptor_table(64);
+    let err = worker.accept().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+    fillers.pop();
+    let mut conn = worker
+        .accept()
+        .unwrap()
+        .expect("the connection, still queued");
+    conn.write_all(b"pong").unwrap();
 }

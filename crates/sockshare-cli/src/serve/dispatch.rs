@@ -17,8 +17,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
-use sockshare::dispatch::{Hand, Ledger, HAND_SIZE};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use sockshare::dispatch::{Hand, Ledger};
 
 use super::listeners::Listener;
 use super::log;
@@ -45,6 +45,9 @@ pub struct Link {
     /// The ledger's done count at the last `sync`: read once a turn, not once per
     /// connection and worker compared (the page is written by another core).
     done: u64,
+    /// Whether the worker asked (in its ledger, as of the last `sync`) for the
+    /// connections' descriptors rather than infos to redeem.
+    descriptors: bool,
     /// Set once serve has ended the channel: nothing more is handed.
     closed: bool,
     /// Set once the worker's end is found closed (a send fails) while the worker may
@@ -73,6 +76,9 @@ impl Link {
             None,
         )?;
         rustix::io::ioctl_fionbio(&ours, true)?;
+        // The worker checks every record's credentials; asked for on its end before it
+        // starts, no record can come without them.
+        rustix::net::sockopt::set_socket_passcred(&theirs, true)?;
         let (ledger, ledger_fd) = Ledger::create()?;
         let link = Link {
             fd: ours,
@@ -80,6 +86,7 @@ impl Link {
             next_seq: 1,
             pending: VecDeque::new(),
             done: 0,
+            descriptors: false,
             closed: false,
             hung_up: false,
         };
@@ -102,6 +109,7 @@ impl Link {
     /// closed here (the worker holds them now), and the done count moves on.
     pub fn sync(&mut self) {
         self.done = self.ledger.done();
+        self.descriptors = self.ledger.asks_for_descriptors();
         let taken = self.ledger.taken();
         while self
             .pending
@@ -237,7 +245,7 @@ impl<'a> Dispatcher<'a> {
                 Err(e) => {
                     // The worker's queue is full or it is going away: another one takes
                     // the connection, this one gets no more in this round.
-                    if e.raw_os_error() != Some(libc::ENOBUFS) {
+                    if !matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) {
                         log(format_args!(
                             "cannot hand a connection to worker {}: {e}",
                             w.pid
@@ -276,26 +284,24 @@ impl<'a> Dispatcher<'a> {
     }
 }
 
-/// Duplicates `conn` for the worker and sends it the record; the sequence number used.
+/// Hands `conn` to the worker, in the form its ledger asks for: the descriptor with the
+/// record, or the record with an info duplicated for the worker's pid. The sequence
+/// number used.
 fn hand(w: &mut Candidate<'_>, conn: &OwnedFd, listener: u32) -> io::Result<u64> {
-    let info = sockshare::duplicate(conn, w.pid).map_err(io::Error::from)?;
-    let seq = w.link.next_seq;
-    let record = Hand {
-        seq,
+    let hand = Hand {
+        seq: w.link.next_seq,
         listener,
-        info: info.to_bytes_a(),
+    };
+    if w.link.descriptors {
+        hand.send_descriptor(w.link.fd.as_fd(), conn.as_fd())?;
+    } else {
+        let info = sockshare::duplicate(conn, w.pid).map_err(io::Error::from)?;
+        // The duplicate sits in the worker's session; if the record cannot follow it, the
+        // worker never learns of it and that copy lives until the worker exits (logged).
+        hand.send_info(w.link.fd.as_fd(), &info.to_bytes_a())?;
     }
-    .to_bytes();
-    debug_assert_eq!(record.len(), HAND_SIZE);
-    // The duplicate sits in the worker's session; if the record cannot follow it, the
-    // worker never learns of it and that copy lives until the worker exits (logged).
-    rustix::net::send(
-        &w.link.fd,
-        &record,
-        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-    )?;
     w.link.next_seq += 1;
-    Ok(seq)
+    Ok(hand.seq)
 }
 
 #[cfg(test)]
@@ -360,5 +366,51 @@ mod tests {
         assert_eq!(dispatcher.choose(&workers, &[false, false]), Some(1));
         assert!(workers[0].link.hung_up);
         assert_eq!(seqs(workers[1].link), [1]);
+    }
+
+    /// Serve sends a worker infos to redeem until its ledger asks for descriptors (a C
+    /// worker never does), then the descriptors themselves.
+    #[test]
+    fn a_worker_gets_the_form_its_ledger_asks_for() {
+        use sockshare::dispatch::{HAND_SIZE, HEADER_SIZE};
+        let _session = sockshare::Session::new().expect("this process's session");
+        let (mut link, ends) = Link::pair().expect("a link");
+        let worker = Ledger::map(&ends.ledger).expect("the worker's mapping");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let conn = OwnedFd::from(conn);
+        let hand_one = |link: &mut Link| {
+            let mut candidate = Candidate {
+                pid: std::process::id(),
+                link,
+            };
+            hand(&mut candidate, &conn, 0).expect("handed");
+            let mut bytes = [0u8; HAND_SIZE + 1];
+            let mut space = [std::mem::MaybeUninit::uninit();
+                rustix::cmsg_space!(ScmRights(1), ScmCredentials(1))];
+            let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+            let msg = rustix::net::recvmsg(
+                &ends.channel,
+                &mut [std::io::IoSliceMut::new(&mut bytes)],
+                &mut control,
+                rustix::net::RecvFlags::empty(),
+            )
+            .expect("a record");
+            let fds = control
+                .drain()
+                .filter_map(|m| match m {
+                    rustix::net::RecvAncillaryMessage::ScmRights(fds) => Some(fds.count()),
+                    _ => None,
+                })
+                .sum::<usize>();
+            (msg.bytes, fds)
+        };
+        link.sync();
+        assert_eq!(hand_one(&mut link), (HAND_SIZE, 0), "an info record");
+        worker.ask_for_descriptors();
+        link.sync();
+        assert_eq!(hand_one(&mut link), (HEADER_SIZE, 1), "a descriptor record");
+        assert_eq!(link.next_seq, 3, "numbered in turn, whatever the form");
     }
 }

@@ -27,6 +27,7 @@
 //! |---:|---|---|
 //! | 0 | `u64` | `taken`: the sequence number of the last record taken (0: none yet) |
 //! | 8 | `u64` | `done`: connections the worker has finished so far |
+//! | 16 | `u64` | `asks`: bit 0 set: send me descriptor records (see `dispatch::record`) |
 //!
 //! The rest of the page is zero and reserved.
 
@@ -41,10 +42,13 @@ use rustix::mm::{MapFlags, ProtFlags};
 /// The bytes of a ledger: one page on every machine serve runs on.
 pub const LEDGER_SIZE: usize = 4096;
 
+/// Bit 0 of `asks`: descriptor records, please.
+const ASK_DESCRIPTORS: u64 = 1;
+
 /// A mapping of one worker's ledger, in serve or in the worker.
 #[derive(Debug)]
 pub struct Ledger {
-    /// The start of the `LEDGER_SIZE`-byte shared mapping: `taken`, then `done`.
+    /// The start of the `LEDGER_SIZE`-byte shared mapping: `taken`, `done`, `asks`.
     at: NonNull<AtomicU64>,
 }
 
@@ -116,9 +120,9 @@ impl Ledger {
     }
 
     fn word(&self, index: usize) -> &AtomicU64 {
-        debug_assert!(index < 2);
+        debug_assert!(index < 3);
         // SAFETY: the mapping is page-aligned, LEDGER_SIZE bytes, and lives as long as
-        // `self`; words 0 and 1 lie in it, aligned for u64, and are only accessed
+        // `self`; words 0 to 2 lie in it, aligned for u64, and are only accessed
         // atomically (u64 atomics are lock-free and address-free on the platforms this
         // builds for, so two processes may share them).
         unsafe { &*self.at.as_ptr().add(index) }
@@ -144,6 +148,19 @@ impl Ledger {
     /// Records that the worker finished one more connection.
     pub fn add_done(&self) {
         self.word(1).fetch_add(1, Ordering::Release);
+    }
+
+    /// The worker's side: asks serve to send each connection's descriptor with its record
+    /// (one message per connection) instead of an info to redeem. Serve reads it at its
+    /// next hand-out; the worker must take both forms from then on.
+    pub fn ask_for_descriptors(&self) {
+        self.word(2).fetch_or(ASK_DESCRIPTORS, Ordering::Release);
+    }
+
+    /// Whether the worker asked for descriptor records.
+    #[must_use]
+    pub fn asks_for_descriptors(&self) -> bool {
+        self.word(2).load(Ordering::Acquire) & ASK_DESCRIPTORS != 0
     }
 }
 
@@ -178,6 +195,12 @@ mod tests {
         worker.set_taken(5);
         worker.add_done();
         assert_eq!((serve.taken(), serve.done()), (5, 1));
+        assert!(
+            !serve.asks_for_descriptors(),
+            "a worker that says nothing gets infos"
+        );
+        worker.ask_for_descriptors();
+        assert!(serve.asks_for_descriptors());
     }
 
     #[test]

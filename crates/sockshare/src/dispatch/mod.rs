@@ -1,13 +1,16 @@
 //! The worker's side of `sockshare serve --dispatch`: one process accepts, workers serve.
 //!
-//! Serve accepts each connection and hands it to one worker with [`duplicate`](crate::duplicate): the
-//! socket is in the worker's session from then on, and serve sends the worker the info,
-//! with a sequence number, over a channel the worker inherited. The worker redeems the
-//! info and records in its [`Ledger`], a page of memory it shares with serve, that it has
-//! *taken* that connection (serve then drops its own reference), and later that it is
-//! *done* with one (serve's load count). Serve hands each new connection to the worker
-//! with the fewest connections handed and not done; a worker with too many not yet taken
-//! gets none until it catches up, and the connections a worker dies without taking go to
+//! Serve accepts each connection and hands it to one worker over a channel the worker
+//! inherited, with a sequence number, in one of two forms: an
+//! info that [`duplicate`](crate::duplicate) made for the worker's pid, which the worker
+//! redeems from its session (what a C worker does with `WSASocketA`), or, for a worker
+//! that asked for it in its ledger (as [`Worker`] does), the descriptor itself in the
+//! same message, one message per connection instead of two. Either way the worker
+//! records in its [`Ledger`], a page of memory it shares with serve, that it has *taken*
+//! that connection (serve then drops its own reference), and later that it is *done*
+//! with one (serve's load count). Serve hands each new connection to the worker with the
+//! fewest connections handed and not done; a worker with too many not yet taken gets
+//! none until it catches up, and the connections a worker dies without taking go to
 //! another worker.
 //!
 //! [`Worker`] does all of that: [`Worker::accept`] returns the next connection, and the
@@ -33,23 +36,30 @@
 //! The channel is a `SOCK_SEQPACKET` Unix socket at the descriptor in
 //! `SOCKSHARE_DISPATCH_FD`; the ledger is a memory file at the descriptor in
 //! `SOCKSHARE_DISPATCH_LEDGER_FD`, to map shared, read-write, [`LEDGER_SIZE`] bytes (its
-//! layout is in [`Ledger`]'s module: `u64 taken` at 0, `u64 done` at 8);
+//! layout is in [`Ledger`]'s module: `u64 taken` at 0, `u64 done` at 8, `u64 asks` at
+//! 16);
 //! `SOCKSHARE_DISPATCH_NAMES` names the dispatched listeners, `:`-separated, in the
 //! order of their indices. All integers are in the machine's byte order (serve and worker
 //! run on one machine).
 //!
-//! - Serve to worker, one record per connection ([`HAND_SIZE`] bytes): `u64` sequence
-//!   number (1, 2, ... per worker), `u32` listener index, `u32` zero, then the 372-byte
-//!   `WSAPROTOCOL_INFOA` to give `WSASocketA` (or [`ProtocolInfo::from_bytes`]).
-//! - The worker takes records one at a time: it reads one, redeems the info, stores the
-//!   record's sequence number in `taken` (an atomic store, release order), and only then
-//!   reads the next one or does any I/O on the connection. A worker that dies before the
-//!   store has done nothing with the connection, so serve hands it to another worker
-//!   without it ever being served twice; serve closes its own descriptor of every
-//!   connection up to `taken`.
+//! - Serve to worker, one record per connection, in the form the ledger asks for (its
+//!   `asks` word at 16; a worker that leaves it zero gets info records only): an info
+//!   record of [`HAND_SIZE`] bytes, `u64` sequence number (1, 2, ... per worker), `u32`
+//!   listener index, `u32` zero, then the 372-byte `WSAPROTOCOL_INFOA` to give
+//!   `WSASocketA` (or [`ProtocolInfo::from_bytes`]); or a descriptor record, those first
+//!   [`HEADER_SIZE`] bytes alone with the connection attached (`SCM_RIGHTS`).
+//! - The worker takes records one at a time: it receives one, redeems the info (or takes
+//!   the descriptor), stores the record's sequence number in `taken` (an atomic store,
+//!   release order), and only then receives the next one or does any I/O on the
+//!   connection. A worker that dies before the store has done nothing with the
+//!   connection, so serve hands it to another worker without it ever being served twice;
+//!   serve closes its own descriptor of every connection up to `taken`.
 //! - When it has finished a connection (shut it down and closed it), the worker adds one
 //!   to `done` (atomic add, release order): serve's count of its load.
 //! - The end of the channel (a read of 0 bytes) means: finish what you hold and exit.
+//! - [`Worker`] takes a record only from the process that made the channel (serve), by
+//!   the credentials the kernel attaches to it, and peeks before it consumes, so a full
+//!   descriptor table leaves the connection queued (`EMFILE`) rather than lost.
 //!
 //! The worker never writes to the channel; serve reads the ledger when it hands out
 //! connections and when a worker exits, at least every few milliseconds while it holds
@@ -60,13 +70,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::info::INFO_A_SIZE;
-use crate::{ProtocolInfo, Session};
+use crate::{ProtocolInfo, Session, SocketKind};
 
 mod ledger;
+mod record;
 pub use ledger::{Ledger, LEDGER_SIZE};
+use record::Carried;
+pub use record::{Hand, HAND_SIZE, HEADER_SIZE};
 
 /// The variable that gives the channel's descriptor.
 pub const FD_VAR: &str = "SOCKSHARE_DISPATCH_FD";
@@ -74,53 +86,38 @@ pub const FD_VAR: &str = "SOCKSHARE_DISPATCH_FD";
 pub const LEDGER_VAR: &str = "SOCKSHARE_DISPATCH_LEDGER_FD";
 /// The variable that names the dispatched listeners, `:`-separated.
 pub const NAMES_VAR: &str = "SOCKSHARE_DISPATCH_NAMES";
-/// The size of a record from serve: sequence, listener, zero, `WSAPROTOCOL_INFOA`.
-pub const HAND_SIZE: usize = 16 + INFO_A_SIZE;
-
-/// One connection handed to a worker, as the channel carries it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hand {
-    /// 1, 2, ... per worker.
-    pub seq: u64,
-    /// Which dispatched listener the connection came from.
-    pub listener: u32,
-    /// The info, in the A form.
-    pub info: [u8; INFO_A_SIZE],
-}
-
-impl Hand {
-    /// The record's bytes.
-    #[must_use]
-    pub fn to_bytes(&self) -> [u8; HAND_SIZE] {
-        let mut out = [0u8; HAND_SIZE];
-        out[..8].copy_from_slice(&self.seq.to_ne_bytes());
-        out[8..12].copy_from_slice(&self.listener.to_ne_bytes());
-        out[16..].copy_from_slice(&self.info);
-        out
-    }
-
-    /// A record read from the channel; `None` unless it is exactly [`HAND_SIZE`] bytes.
-    #[must_use]
-    pub fn from_bytes(bytes: &[u8]) -> Option<Hand> {
-        if bytes.len() != HAND_SIZE {
-            return None;
-        }
-        Some(Hand {
-            seq: u64::from_ne_bytes(bytes[..8].try_into().ok()?),
-            listener: u32::from_ne_bytes(bytes[8..12].try_into().ok()?),
-            info: bytes[16..].try_into().ok()?,
-        })
-    }
-}
-
 /// What a worker's connections share: the channel and the ledger.
 #[derive(Debug)]
 struct Shared {
     channel: OwnedFd,
     ledger: Ledger,
-    /// Held from reading a record to recording it taken, so records are taken in order
+    /// The process that made the channel, serve: the one sender taken (see `record`).
+    serve: rustix::process::Pid,
+    /// Held from receiving a record to recording it taken, so records are taken in order
     /// even when several threads accept (the ledger's first rule).
-    order: Mutex<()>,
+    order: Mutex<Kinds>,
+}
+
+/// The kind of each dispatched listener's connections, once one has come: every
+/// connection of a listener is of the same kind, so a descriptor record costs no
+/// `getsockopt` after the first.
+#[derive(Debug)]
+struct Kinds(Vec<Option<SocketKind>>);
+
+impl Kinds {
+    /// The kind of `fd`, a connection of listener `listener`.
+    fn of(&mut self, listener: u32, fd: BorrowedFd<'_>) -> io::Result<SocketKind> {
+        let known = self.0.get_mut(listener as usize);
+        if let Some(Some(kind)) = known {
+            return Ok(*kind);
+        }
+        let kind = crate::sys::socket_kind(fd).map_err(io::Error::from)?;
+        // Unnamed indices are not kept: a record cannot make this grow.
+        if let Some(slot) = known {
+            *slot = Some(kind);
+        }
+        Ok(kind)
+    }
 }
 
 impl Shared {
@@ -129,14 +126,14 @@ impl Shared {
         self.ledger.add_done();
     }
 
-    /// The next record, waiting for it. Called with `order` held.
-    fn read(&self, record: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match rustix::io::read(&self.channel, &mut *record) {
-                Err(rustix::io::Errno::INTR) => continue,
-                other => return Ok(other?),
-            }
-        }
+    /// The next record, waiting for it if the channel blocks; `None` at its end. Called
+    /// with `order` held.
+    fn receive(&self) -> io::Result<Option<(Hand, Carried)>> {
+        record::receive(self.channel.as_fd(), self.serve)
+    }
+
+    fn lock_order(&self) -> MutexGuard<'_, Kinds> {
+        self.order.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -209,19 +206,25 @@ impl Worker {
         std::env::remove_var(NAMES_VAR);
         let channel = take_inherited(channel)?;
         let ledger = Ledger::map(take_inherited(ledger)?)?;
+        // Every record is checked against the sender's credentials (see `record`).
+        rustix::net::sockopt::set_socket_passcred(&channel, true)?;
+        let serve = rustix::net::sockopt::socket_peercred(&channel)?.pid;
         let session = Session::new().map_err(io::Error::from)?;
+        ledger.ask_for_descriptors();
+        let names: Vec<String> = names
+            .split(':')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
         Ok(Worker {
             session,
             shared: Arc::new(Shared {
                 channel,
                 ledger,
-                order: Mutex::new(()),
+                serve,
+                order: Mutex::new(Kinds(vec![None; names.len()])),
             }),
-            names: names
-                .split(':')
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            names,
         })
     }
 
@@ -246,45 +249,54 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// A damaged record, an info this worker's session refuses, or the channel's error.
+    /// - `EMFILE` (raw OS error) when this process has no free descriptor for the
+    ///   connection: it stays queued, and a later call takes it;
+    /// - `PermissionDenied` for a record from a process other than serve, `InvalidData`
+    ///   for a damaged one (either is gone, whatever it carried closed, and the next
+    ///   call goes on with the next record);
+    /// - an info this worker's session refuses, or the channel's error.
     pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
-        let mut record = [0u8; HAND_SIZE + 1];
-        let _order = self
-            .shared
-            .order
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = self.shared.read(&mut record)?;
-        self.take(&record[..n])
+        let mut order = self.shared.lock_order();
+        let received = self.shared.receive()?;
+        self.take(&mut order, received)
     }
 
-    /// Takes the connection a record read from the channel hands over (`None` for the
-    /// channel's end), and records it taken. Called with `order` held.
-    fn take(&self, record: &[u8]) -> io::Result<Option<Connection<Stream>>> {
-        if record.is_empty() {
+    /// Takes the connection a record hands over (`None` for the channel's end), and
+    /// records it taken. Called with `order` held (`kinds` is what it guards).
+    fn take(
+        &self,
+        kinds: &mut Kinds,
+        received: Option<(Hand, Carried)>,
+    ) -> io::Result<Option<Connection<Stream>>> {
+        let Some((hand, carried)) = received else {
             return Ok(None);
-        }
-        let hand = Hand::from_bytes(record).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a record of {} bytes from serve", record.len()),
-            )
-        })?;
-        let info = ProtocolInfo::from_bytes(&hand.info).map_err(io::Error::from)?;
-        let socket = self.session.redeem(&info).map_err(io::Error::from)?;
-        let kind = socket.kind();
+        };
+        let (fd, kind) = match carried {
+            Carried::Info(info) => {
+                let info = ProtocolInfo::from_bytes(&info[..]).map_err(io::Error::from)?;
+                let socket = self.session.redeem(&info).map_err(io::Error::from)?;
+                let kind = socket.kind();
+                (socket.into_owned_fd(), kind)
+            }
+            Carried::Descriptor(fd) => {
+                let kind = kinds.of(hand.listener, fd.as_fd());
+                (fd, kind?)
+            }
+        };
+        // Before the caller can do any I/O on it (see the module docs). A connection
+        // refused below is closed here: taken and done, so serve closes its copy too.
+        self.shared.ledger.set_taken(hand.seq);
         let stream = if kind.is_tcp() {
-            Stream::Tcp(TcpStream::from(socket.into_owned_fd()))
+            Stream::Tcp(TcpStream::from(fd))
         } else if kind.is_unix() && kind.is_stream() {
-            Stream::Unix(UnixStream::from(socket.into_owned_fd()))
+            Stream::Unix(UnixStream::from(fd))
         } else {
+            self.shared.finished();
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "serve handed a socket that is neither TCP nor a Unix stream",
             ));
         };
-        // Before the caller can do any I/O on it (see the module docs).
-        self.shared.ledger.set_taken(hand.seq);
         Ok(Some(Connection {
             stream,
             listener: hand.listener as usize,
@@ -488,12 +500,11 @@ impl<S: AsFd> AsFd for Connection<S> {
 /// streams.
 #[cfg(feature = "tokio")]
 mod tokio_worker {
-    use super::{Connection, Shared, Worker, HAND_SIZE};
+    use super::{Connection, Shared, Worker};
     use std::io;
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
     use std::pin::Pin;
     use std::sync::Arc;
-    use std::sync::PoisonError;
     use std::task::{Context, Poll};
     use tokio::io::unix::AsyncFd;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -564,26 +575,26 @@ mod tokio_worker {
         ///
         /// As [`Worker::accept`].
         pub async fn accept(&self) -> io::Result<Option<Connection<AsyncStream>>> {
-            let mut record = [0u8; HAND_SIZE + 1];
             let shared = &self.worker.shared;
             loop {
                 let mut ready = self.channel.readable().await?;
-                // Not held across an await: the read and the take happen at once, or the
-                // guard is dropped before waiting again.
-                let _order = shared.order.lock().unwrap_or_else(PoisonError::into_inner);
-                match ready.try_io(|c| Ok(rustix::io::read(&c.get_ref().0.channel, &mut record)?)) {
-                    Ok(result) => {
-                        let n = result?;
-                        return self.finish(&record[..n]);
-                    }
+                // Not held across an await: the receive and the take happen at once, or
+                // the guard is dropped before waiting again.
+                let mut order = shared.lock_order();
+                match ready.try_io(|c| c.get_ref().0.receive()) {
+                    Ok(received) => return self.finish(&mut order, received?),
                     Err(_would_block) => continue,
                 }
             }
         }
 
         /// Takes the connection of a record, as a tokio stream.
-        fn finish(&self, record: &[u8]) -> io::Result<Option<Connection<AsyncStream>>> {
-            let Some(conn) = self.worker.take(record)? else {
+        fn finish(
+            &self,
+            kinds: &mut super::Kinds,
+            received: Option<(super::Hand, super::Carried)>,
+        ) -> io::Result<Option<Connection<AsyncStream>>> {
+            let Some(conn) = self.worker.take(kinds, received)? else {
                 return Ok(None);
             };
             conn.map(|stream| {
@@ -694,15 +705,22 @@ pub use tokio_worker::{AsyncStream, AsyncWorker};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::info::INFO_A_SIZE;
 
     #[test]
-    fn records_round_trip_and_wrong_sizes_are_refused() {
+    fn headers_round_trip_and_a_nonzero_reserved_word_is_refused() {
         let hand = Hand {
             seq: 7,
             listener: 2,
-            info: [9; INFO_A_SIZE],
         };
-        assert_eq!(Hand::from_bytes(&hand.to_bytes()), Some(hand));
-        assert_eq!(Hand::from_bytes(&[0; HAND_SIZE - 1]), None);
+        assert_eq!(Hand::from_header(&hand.header()), Some(hand));
+        assert_eq!(
+            Hand::from_header(&hand.with_info(&[9; INFO_A_SIZE])),
+            Some(hand)
+        );
+        assert_eq!(Hand::from_header(&hand.header()[..HEADER_SIZE - 1]), None);
+        let mut reserved = hand.header();
+        reserved[13] = 1;
+        assert_eq!(Hand::from_header(&reserved), None);
     }
 }

@@ -1,0 +1,226 @@
+//! The records serve sends a worker on its channel, in their two forms, and how each side
+//! sends and receives them.
+//!
+//! Every record starts with the same 16 bytes, the [`Hand`]: `u64` sequence number, `u32`
+//! listener index, `u32` zero (native byte order). Then, by what the worker's ledger asks
+//! for (see [`Ledger::ask_for_descriptors`](super::Ledger::ask_for_descriptors)):
+//!
+//! - **an info record** ([`HAND_SIZE`] bytes, nothing attached): the header, then the
+//!   372-byte `WSAPROTOCOL_INFOA` that `sockshare::duplicate` made for the worker's pid.
+//!   The worker redeems it with `WSASocketA` (or [`Session::redeem`](crate::Session::redeem)),
+//!   which takes the socket from the worker's session. Every worker can take these; serve
+//!   sends them unless the worker asked for the other form.
+//! - **a descriptor record** ([`HEADER_SIZE`] bytes): the header alone, with the
+//!   connection's descriptor attached (`SCM_RIGHTS`). One message per connection instead
+//!   of two (the push into the worker's session, then the record), for workers that asked
+//!   for it: [`Worker`](super::Worker) does.
+//!
+//! A worker that asked for descriptors takes both forms, in any order (serve reads the
+//! ledger's request at its next hand-out), so the request can never strand a connection.
+//!
+//! # Who may send a connection
+//!
+//! Only a holder of serve's end can write to the channel, and serve made the pair and
+//! keeps its end to itself. On top of that, the worker checks every record's credentials
+//! (`SCM_CREDENTIALS`, which the kernel fills in and a process that is not root cannot
+//! forge) against the process that made the channel (`SO_PEERCRED`, read once when the
+//! worker starts): a record from any other process is refused and what it carried is
+//! closed. So a connection comes from serve alone, whichever form carries it.
+//!
+//! # Never lost on the worker's side
+//!
+//! A record is peeked first (the kernel installs a copy of its descriptor and keeps the
+//! record queued), then consumed. A worker whose descriptor table is full gets `EMFILE`
+//! with the record still queued; it takes it on a later call. Serve keeps its own
+//! descriptor until the ledger shows the connection taken, whatever happens on the way.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::info::INFO_A_SIZE;
+use rustix::process::Pid;
+
+/// The size of a record's header, and of a whole descriptor record.
+pub const HEADER_SIZE: usize = 16;
+/// The size of an info record: the header, then the `WSAPROTOCOL_INFOA`.
+pub const HAND_SIZE: usize = HEADER_SIZE + INFO_A_SIZE;
+
+/// Descriptors a peek makes room for: one is valid, more show a broken sender (and are
+/// closed with the record).
+const MAX_FDS: usize = 4;
+
+/// Which connection a record hands over: the header every record starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hand {
+    /// 1, 2, ... per worker.
+    pub seq: u64,
+    /// Which dispatched listener the connection came from.
+    pub listener: u32,
+}
+
+/// What came with a record: the info to redeem, or the descriptor itself.
+#[derive(Debug)]
+pub(super) enum Carried {
+    Info(Box<[u8; INFO_A_SIZE]>),
+    Descriptor(OwnedFd),
+}
+
+impl Hand {
+    /// The header's bytes: a whole descriptor record.
+    #[must_use]
+    pub fn header(&self) -> [u8; HEADER_SIZE] {
+        let mut out = [0u8; HEADER_SIZE];
+        out[..8].copy_from_slice(&self.seq.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.listener.to_ne_bytes());
+        out
+    }
+
+    /// A whole info record: the header, then `info` (A form).
+    #[must_use]
+    pub fn with_info(&self, info: &[u8; INFO_A_SIZE]) -> [u8; HAND_SIZE] {
+        let mut out = [0u8; HAND_SIZE];
+        out[..HEADER_SIZE].copy_from_slice(&self.header());
+        out[HEADER_SIZE..].copy_from_slice(info);
+        out
+    }
+
+    /// The header a record starts with; `None` when it is shorter or its reserved word is
+    /// not zero.
+    #[must_use]
+    pub fn from_header(bytes: &[u8]) -> Option<Hand> {
+        let header = bytes.get(..HEADER_SIZE)?;
+        (header[12..16] == [0; 4]).then(|| Hand {
+            seq: u64::from_ne_bytes(header[..8].try_into().expect("8 bytes")),
+            listener: u32::from_ne_bytes(header[8..12].try_into().expect("4 bytes")),
+        })
+    }
+
+    /// Serve's side: sends a descriptor record carrying `conn` on `channel`, without
+    /// waiting for room. When it returns `Ok`, the worker's queue holds the connection.
+    ///
+    /// # Errors
+    ///
+    /// `sendmsg(2)`'s: `EAGAIN` when the worker's queue is full, `EPIPE` when its end is
+    /// closed. Nothing was queued then.
+    pub fn send_descriptor(&self, channel: BorrowedFd<'_>, conn: BorrowedFd<'_>) -> io::Result<()> {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [conn];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        rustix::net::sendmsg(
+            channel,
+            &[IoSlice::new(&self.header())],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        )?;
+        Ok(())
+    }
+
+    /// Serve's side: sends an info record on `channel`, without waiting for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_descriptor`](Self::send_descriptor).
+    pub fn send_info(&self, channel: BorrowedFd<'_>, info: &[u8; INFO_A_SIZE]) -> io::Result<()> {
+        rustix::net::send(
+            channel,
+            &self.with_info(info),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        )?;
+        Ok(())
+    }
+}
+
+/// The worker's side: the next record on `channel` (waiting for one if the channel
+/// blocks), taken off the queue; `Ok(None)` at the channel's end. Takes records one at a
+/// time: the caller holds the order lock.
+///
+/// # Errors
+///
+/// `EMFILE` (the record stays queued: nothing is lost), `PermissionDenied` for a sender
+/// other than `serve` and `InvalidData` for a record of neither form (each taken off the
+/// queue, whatever it carried closed), or `recvmsg(2)`'s.
+pub(super) fn receive(channel: BorrowedFd<'_>, serve: Pid) -> io::Result<Option<(Hand, Carried)>> {
+    let mut bytes = [0u8; HAND_SIZE + 1];
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS), ScmCredentials(1))];
+    let (len, truncated, fds, sender) = loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let msg = match rustix::net::recvmsg(
+            channel,
+            &mut [IoSliceMut::new(&mut bytes)],
+            &mut control,
+            RecvFlags::PEEK | RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(Errno::INTR) => continue,
+            other => other?,
+        };
+        let mut fds = Vec::new();
+        let mut sender = None;
+        for message in control.drain() {
+            match message {
+                RecvAncillaryMessage::ScmRights(rights) => fds.extend(rights),
+                RecvAncillaryMessage::ScmCredentials(cred) => sender = Some(cred.pid),
+                _ => {}
+            }
+        }
+        let truncated = msg.flags.contains(rustix::net::ReturnFlags::CTRUNC);
+        break (msg.bytes, truncated, fds, sender);
+    };
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if len == HEADER_SIZE && truncated && fds.is_empty() {
+        // The connection stays queued for a later call: the error says so by its number.
+        return Err(Errno::MFILE.into());
+    }
+    consume(channel)?;
+    if sender != Some(serve) {
+        let who = sender.map_or("a sender without credentials".to_owned(), |pid| {
+            format!("process {}", pid.as_raw_nonzero())
+        });
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "a record from {who}, not from serve (process {}): refused, and what it \
+                 carried closed",
+                serve.as_raw_nonzero()
+            ),
+        ));
+    }
+    let damaged = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a record of {len} bytes from serve, neither form"),
+        )
+    };
+    let hand = Hand::from_header(&bytes[..len]).ok_or_else(damaged)?;
+    let carried = match (len, <[OwnedFd; 1]>::try_from(fds)) {
+        (HEADER_SIZE, Ok([fd])) => Carried::Descriptor(fd),
+        (HAND_SIZE, Err(none)) if none.is_empty() => Carried::Info(Box::new(
+            bytes[HEADER_SIZE..HAND_SIZE]
+                .try_into()
+                .expect("INFO_A_SIZE bytes"),
+        )),
+        _ => return Err(damaged()),
+    };
+    Ok(Some((hand, carried)))
+}
+
+/// Takes the record just peeked off the queue. What it carried is closed in the kernel's
+/// copy; the peek installed this process's own.
+fn consume(channel: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match rustix::net::recv(channel, &mut [0u8; 1], RecvFlags::DONTWAIT) {
+            Err(Errno::INTR) => continue,
+            other => return other.map(drop).map_err(io::Error::from),
+        }
+    }
+}
