@@ -1,6 +1,8 @@
 //! `serve --dispatch`: serve accepts on its stream listeners and hands each connection to
 //! one worker of the serving generation with sockshare (the protocol is in
-//! `sockshare::dispatch`, the worker's side).
+//! `sockshare::dispatch`, the worker's side), in the form the worker's ledger asks for:
+//! the descriptor itself with the record (the Rust `Worker`), or an info duplicated for
+//! the worker's pid (C workers, with `WSASocketA`).
 //!
 //! Serve keeps its own descriptor of a connection until the worker's ledger shows it
 //! taken, so the connections of a worker that dies first go to another worker
