@@ -6,13 +6,14 @@
 //! ended, `ok ...` or `failed: ...`, and closes. Both ends check who the other is: serve
 //! answers only its own user and root (`SO_PEERCRED`), and the client talks only to the
 //! pid it was given, so a process that took the name first learns nothing and decides
-//! nothing.
+//! nothing. Serve's loop never waits for a client: it watches the clients that have not
+//! sent their line yet with its other descriptors, and gives each `REQUEST_WAIT`.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The abstract name of serve `pid`'s control socket.
 fn name(pid: u32) -> String {
@@ -21,16 +22,36 @@ fn name(pid: u32) -> String {
 
 /// How long serve waits for a client's request line once it has connected.
 const REQUEST_WAIT: Duration = Duration::from_millis(200);
+/// The longest request line: a client cannot make serve read on.
+const REQUEST_MAX: usize = 64;
 
-/// Serve's end.
+/// Serve's end: the listener, and the clients that have connected and not yet sent
+/// their request. Serve's loop never waits for a client: it watches them with its other
+/// descriptors and reads what has come.
 pub struct ControlSocket {
     listener: UnixListener,
+    waiting: Vec<Waiting>,
+}
+
+/// A client allowed to ask, whose request line has not all come yet.
+struct Waiting {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
 }
 
 /// A request from a client allowed to make it.
 pub enum Request {
     /// `reload`: the stream gets the outcome.
     Reload(UnixStream),
+}
+
+/// What a client's stream has given so far.
+enum Read {
+    /// More may come.
+    Partial,
+    /// A whole line (or the client's end), to act on.
+    Line(String),
 }
 
 impl ControlSocket {
@@ -43,14 +64,67 @@ impl ControlSocket {
         let addr = SocketAddr::from_abstract_name(name(std::process::id()))?;
         let listener = UnixListener::bind_addr(&addr)?;
         listener.set_nonblocking(true)?;
-        Ok(ControlSocket { listener })
+        Ok(ControlSocket {
+            listener,
+            waiting: Vec::new(),
+        })
     }
 
-    /// The next request of a client of this user or root, or `None` when none is waiting.
-    /// A client of another user, or one that sends something else, is told so and closed.
-    pub fn next(&self) -> Option<Request> {
-        loop {
-            let (mut stream, _) = self.listener.accept().ok()?;
+    /// What serve's loop waits on for this socket: the listener, and each client whose
+    /// request has not come yet.
+    pub fn watch(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        std::iter::once(self.listener.as_fd()).chain(self.waiting.iter().map(|w| w.stream.as_fd()))
+    }
+
+    /// When a waiting client's time runs out, if any client waits.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.deadline).min()
+    }
+
+    /// The requests that have come, without waiting: accepts the clients waiting on the
+    /// listener when it is in `ready` (raw descriptor numbers), reads what the clients in
+    /// `ready` have sent, and closes those whose time ran out by `now`. A client of
+    /// another user, one that sends something else, and one that sends nothing in
+    /// `REQUEST_WAIT` are told so and closed.
+    pub fn requests(&mut self, ready: &[i32], now: Instant) -> Vec<Request> {
+        if ready.contains(&self.listener.as_raw_fd()) {
+            self.accept_all(now);
+        }
+        let mut requests = Vec::new();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = &mut self.waiting[i];
+            let got = if ready.contains(&w.stream.as_raw_fd()) {
+                w.read()
+            } else {
+                Read::Partial
+            };
+            match got {
+                Read::Partial if now < w.deadline => i += 1,
+                Read::Partial => {
+                    let mut w = self.waiting.swap_remove(i);
+                    let _ = writeln!(
+                        w.stream,
+                        "failed: no request within {} ms",
+                        REQUEST_WAIT.as_millis()
+                    );
+                }
+                Read::Line(line) => {
+                    let mut w = self.waiting.swap_remove(i);
+                    match line.trim() {
+                        "reload" => requests.push(Request::Reload(w.stream)),
+                        other => {
+                            let _ = writeln!(w.stream, "failed: unknown request {other:?}");
+                        }
+                    }
+                }
+            }
+        }
+        requests
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        while let Ok((mut stream, _)) = self.listener.accept() {
             let me = rustix::process::geteuid();
             let allowed = rustix::net::sockopt::socket_peercred(&stream)
                 .is_ok_and(|c| c.uid == me || c.uid.is_root());
@@ -58,24 +132,39 @@ impl ControlSocket {
                 let _ = stream.write_all(b"failed: permission denied\n");
                 continue;
             }
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(REQUEST_WAIT));
-            let mut line = String::new();
-            // At most one short line: a client cannot make serve read on.
-            let _ = io::Read::take(BufReader::new(&stream), 64).read_line(&mut line);
-            match line.trim() {
-                "reload" => return Some(Request::Reload(stream)),
-                other => {
-                    let _ = writeln!(stream, "failed: unknown request {other:?}");
-                }
+            // Accepted sockets do not inherit the listener's O_NONBLOCK.
+            if stream.set_nonblocking(true).is_ok() {
+                self.waiting.push(Waiting {
+                    stream,
+                    line: Vec::new(),
+                    deadline: now + REQUEST_WAIT,
+                });
             }
         }
     }
 }
 
-impl AsFd for ControlSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+impl Waiting {
+    /// Reads what has come, without waiting.
+    fn read(&mut self) -> Read {
+        let mut buf = [0u8; REQUEST_MAX];
+        let room = REQUEST_MAX - self.line.len();
+        match io::Read::read(&mut self.stream, &mut buf[..room]) {
+            Ok(n) => {
+                self.line.extend_from_slice(&buf[..n]);
+                let ended = n == 0 || self.line.len() == REQUEST_MAX;
+                match self.line.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        Read::Line(String::from_utf8_lossy(&self.line[..end]).into_owned())
+                    }
+                    None if ended => Read::Line(String::from_utf8_lossy(&self.line).into_owned()),
+                    None => Read::Partial,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Partial,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Read::Partial,
+            Err(_) => Read::Line(String::new()),
+        }
     }
 }
 
@@ -148,6 +237,85 @@ fn ask(mut stream: UnixStream, timeout: Duration) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control socket on a name of this test's own, and a way to connect to it.
+    fn control(test: &str) -> (ControlSocket, impl Fn() -> UnixStream) {
+        let name = format!("sockshare-test/{}/{test}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(&name).unwrap();
+        let listener = UnixListener::bind_addr(&addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let control = ControlSocket {
+            listener,
+            waiting: Vec::new(),
+        };
+        (control, move || UnixStream::connect_addr(&addr).unwrap())
+    }
+
+    /// Every descriptor it watches, as if poll had found them all readable.
+    fn all(control: &ControlSocket) -> Vec<i32> {
+        control.watch().map(|fd| fd.as_raw_fd()).collect()
+    }
+
+    /// What `stream` has been sent so far, without waiting: `None` when nothing.
+    fn answer(stream: &UnixStream) -> Option<String> {
+        stream.set_nonblocking(true).unwrap();
+        let mut line = String::new();
+        match BufReader::new(stream).read_line(&mut line) {
+            Ok(_) => Some(line),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A client that connects and says nothing holds up neither serve nor another
+    /// client, and may still ask later (serve used to wait for its line, up to 200 ms,
+    /// in its loop, then refuse it).
+    #[test]
+    fn a_silent_client_holds_up_no_one_and_may_still_ask() {
+        let (mut control, connect) = control("silent");
+        let silent = connect();
+        let mut asking = connect();
+        asking.write_all(b"reload\n").unwrap();
+        let now = Instant::now();
+        let mut got = control.requests(&all(&control), now);
+        got.extend(control.requests(&all(&control), now));
+        assert_eq!(got.len(), 1, "the asking client's request");
+        assert_eq!(
+            answer(&silent),
+            None,
+            "the silent one is neither answered nor closed"
+        );
+        (&silent).write_all(b"rel").unwrap();
+        assert!(
+            control.requests(&all(&control), now).is_empty(),
+            "half a line"
+        );
+        (&silent).write_all(b"oad\n").unwrap();
+        assert_eq!(control.requests(&all(&control), now).len(), 1);
+        assert_eq!(control.deadline(), None, "no one waits");
+    }
+
+    /// A client that sends no whole request within the wait, or too long a line, is told
+    /// so and closed.
+    #[test]
+    fn a_client_without_a_request_in_time_or_with_too_long_a_line_is_refused() {
+        let (mut control, connect) = control("refused");
+        let silent = connect();
+        let long = connect();
+        let now = Instant::now();
+        assert!(control.requests(&all(&control), now).is_empty());
+        (&long).write_all(&[b'x'; REQUEST_MAX + 1]).unwrap();
+        assert!(control.requests(&all(&control), now).is_empty());
+        let refusal = answer(&long).expect("an answer");
+        assert!(refusal.starts_with("failed: unknown request"), "{refusal}");
+        assert_eq!(control.deadline(), Some(now + REQUEST_WAIT));
+        assert!(control.requests(&[], now + REQUEST_WAIT).is_empty());
+        assert_eq!(
+            answer(&silent).as_deref(),
+            Some("failed: no request within 200 ms\n")
+        );
+        assert_eq!(answer(&silent).as_deref(), Some(""), "then closed");
+    }
 
     /// The race CI met: serve refused the client and closed before the client wrote its
     /// request, so the write failed with `EPIPE`. The client must still report the refusal.

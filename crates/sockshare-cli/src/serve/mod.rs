@@ -126,7 +126,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ));
     }
     let notify_socket = notify::NotifySocket::bind()?;
-    let control = match control::ControlSocket::bind() {
+    let mut control = match control::ControlSocket::bind() {
         Ok(c) => Some(c),
         Err(e) => {
             log(format_args!(
@@ -168,21 +168,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if let Some(outcome) = supervisor.finished() {
             return outcome.map_err(Into::into);
         }
-        let timeout = rustix::event::Timespec::try_from(
-            supervisor
-                .next_deadline()
-                .saturating_duration_since(Instant::now()),
-        )
-        .unwrap_or(rustix::event::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        });
+        let deadline = control
+            .as_ref()
+            .and_then(control::ControlSocket::deadline)
+            .map_or(supervisor.next_deadline(), |d| {
+                d.min(supervisor.next_deadline())
+            });
+        let timeout =
+            rustix::event::Timespec::try_from(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or(rustix::event::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                });
         let mut fds = vec![
             PollFd::new(&signals, PollFlags::IN),
             PollFd::new(&notify_socket, PollFlags::IN),
         ];
         if let Some(c) = &control {
-            fds.push(PollFd::new(c, PollFlags::IN));
+            fds.extend(
+                c.watch()
+                    .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)),
+            );
         }
         fds.extend(
             supervisor
@@ -213,8 +219,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 supervisor.on_message(&message);
             }
         }
-        if let Some(c) = control.as_ref().filter(|c| is_ready(*c)) {
-            while let Some(control::Request::Reload(stream)) = c.next() {
+        if let Some(c) = &mut control {
+            for control::Request::Reload(stream) in c.requests(&ready, Instant::now()) {
                 supervisor.reload(Some(stream), "sockshare reload");
             }
         }
