@@ -43,9 +43,9 @@ use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
+use rustix::process::Pid;
 
 use crate::info::INFO_A_SIZE;
-use rustix::process::Pid;
 
 /// The size of a record's header, and of a whole descriptor record.
 pub const HEADER_SIZE: usize = 16;
