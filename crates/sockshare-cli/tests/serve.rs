@@ -330,6 +330,17 @@ fn serve_on_tcp(args: &[&str], worker: &[&str]) -> (Serve, u16) {
     (serve, port)
 }
 
+/// [`serve_on_tcp`] with `args`, its workers `hello` started through a shell script that
+/// the test may rewrite (`write_script`) before a reload. Keep the directory while serve
+/// runs.
+fn serve_hello_script(tag: &str, args: &[&str]) -> (TempDir, PathBuf, Serve, u16) {
+    let dir = TempDir::new(tag);
+    let script = dir.path("worker");
+    write_script(&script, &format!("exec {BIN} hello"));
+    let (serve, port) = serve_on_tcp(args, &["/bin/sh", script.to_str().unwrap()]);
+    (dir, script, serve, port)
+}
+
 /// Sends a request line on `stream` and reads the one-line answer.
 fn ask(mut stream: impl Read + Write) -> io::Result<String> {
     stream.write_all(b"hi\n")?;
@@ -679,13 +690,8 @@ fn serve_takes_its_sockets_from_systemd_socket_activate() {
 /// clients asking all along see no failure.
 #[test]
 fn a_broken_reload_rolls_back_and_no_client_notices() {
-    let dir = TempDir::new("rollback");
-    let script = dir.path("worker");
-    write_script(&script, &format!("exec {BIN} hello"));
-    let (serve, port) = serve_on_tcp(
-        &["--workers", "2", "--ready-timeout", "2"],
-        &["/bin/sh", script.to_str().unwrap()],
-    );
+    let (_dir, script, serve, port) =
+        serve_hello_script("rollback", &["--workers", "2", "--ready-timeout", "2"]);
     let old = serve.workers(1);
     let load = Load::start(port, 3);
 
@@ -1161,13 +1167,7 @@ fn reload_of_a_process_that_is_not_serve_fails_clearly() {
 /// does not make that generation take over: the reload fails at its timeout.
 #[test]
 fn ready_from_a_process_that_is_no_worker_does_not_count() {
-    let dir = TempDir::new("stranger");
-    let script = dir.path("worker");
-    write_script(&script, &format!("exec {BIN} hello"));
-    let (serve, port) = serve_on_tcp(
-        &["--ready-timeout", "2"],
-        &["/bin/sh", script.to_str().unwrap()],
-    );
+    let (_dir, script, serve, port) = serve_hello_script("stranger", &["--ready-timeout", "2"]);
     write_script(&script, &format!("exec {BIN} hello --no-ready"));
     let prefix = format!("@sockshare-serve/{}/", serve.pid());
     let unix = std::fs::read_to_string("/proc/net/unix").unwrap();

@@ -47,7 +47,7 @@ pub enum Request {
 }
 
 /// What a client's stream has given so far.
-enum Read {
+enum Got {
     /// More may come.
     Partial,
     /// A whole line (or the client's end), to act on.
@@ -97,11 +97,11 @@ impl ControlSocket {
             let got = if ready.contains(&w.stream.as_raw_fd()) {
                 w.read()
             } else {
-                Read::Partial
+                Got::Partial
             };
             match got {
-                Read::Partial if now < w.deadline => i += 1,
-                Read::Partial => {
+                Got::Partial if now < w.deadline => i += 1,
+                Got::Partial => {
                     let mut w = self.waiting.swap_remove(i);
                     let _ = writeln!(
                         w.stream,
@@ -109,7 +109,7 @@ impl ControlSocket {
                         REQUEST_WAIT.as_millis()
                     );
                 }
-                Read::Line(line) => {
+                Got::Line(line) => {
                     let mut w = self.waiting.swap_remove(i);
                     match line.trim() {
                         "reload" => requests.push(Request::Reload(w.stream)),
@@ -146,24 +146,23 @@ impl ControlSocket {
 
 impl Waiting {
     /// Reads what has come, without waiting.
-    fn read(&mut self) -> Read {
+    fn read(&mut self) -> Got {
         let mut buf = [0u8; REQUEST_MAX];
         let room = REQUEST_MAX - self.line.len();
         match io::Read::read(&mut self.stream, &mut buf[..room]) {
             Ok(n) => {
                 self.line.extend_from_slice(&buf[..n]);
+                // The line ends at a newline, or where the client stopped or the room did.
                 let ended = n == 0 || self.line.len() == REQUEST_MAX;
-                match self.line.iter().position(|&b| b == b'\n') {
-                    Some(end) => {
-                        Read::Line(String::from_utf8_lossy(&self.line[..end]).into_owned())
-                    }
-                    None if ended => Read::Line(String::from_utf8_lossy(&self.line).into_owned()),
-                    None => Read::Partial,
+                let end = self.line.iter().position(|&b| b == b'\n');
+                match end.or(ended.then_some(self.line.len())) {
+                    Some(end) => Got::Line(String::from_utf8_lossy(&self.line[..end]).into_owned()),
+                    None => Got::Partial,
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Partial,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Read::Partial,
-            Err(_) => Read::Line(String::new()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Partial,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Got::Partial,
+            Err(_) => Got::Line(String::new()),
         }
     }
 }

@@ -50,8 +50,6 @@ pub struct Link {
     /// Whether the worker asked (in its ledger, as of the last `sync`) for the
     /// connections' descriptors rather than infos to redeem.
     descriptors: bool,
-    /// Set once serve has ended the channel: nothing more is handed.
-    closed: bool,
     /// Set once the worker's end is found closed (a send fails) while the worker may
     /// still run: nothing more is handed.
     hung_up: bool,
@@ -89,7 +87,6 @@ impl Link {
             pending: VecDeque::new(),
             done: 0,
             descriptors: false,
-            closed: false,
             hung_up: false,
         };
         Ok((
@@ -128,8 +125,9 @@ impl Link {
     }
 
     /// Ends the channel: the worker reads what was handed, then the end, and finishes.
-    pub fn close(&mut self) {
-        self.closed = true;
+    /// (Only a draining generation's links are ended, and only the serving generation's
+    /// workers are handed connections.)
+    pub fn close(&self) {
         let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
     }
 
@@ -269,7 +267,7 @@ impl<'a> Dispatcher<'a> {
             .map(|i| (self.cursor + i) % n.max(1))
             .filter(|&i| {
                 let link = &workers[i].link;
-                !refused[i] && !link.closed && !link.hung_up && link.pending.len() < self.queue
+                !refused[i] && !link.hung_up && link.pending.len() < self.queue
             })
             .min_by_key(|&i| workers[i].link.load())
     }

@@ -394,14 +394,12 @@ impl<'a> Supervisor<'a> {
             .chain(self.draining.iter_mut().map(|d| &mut d.generation))
     }
 
-    fn drain(&mut self, mut generation: Generation) {
+    fn drain(&mut self, generation: Generation) {
         if self.dispatcher.is_some() {
             // A dispatch worker's stop request is the end of its channel: it finishes
             // what it was handed (a SIGTERM's default action would cut those short).
-            for w in &mut generation.workers {
-                if let Some(link) = &mut w.link {
-                    link.close();
-                }
+            for link in generation.workers.iter().filter_map(|w| w.link.as_ref()) {
+                link.close();
             }
         } else {
             generation.signal_all(Signal::TERM);

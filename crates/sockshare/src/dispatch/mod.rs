@@ -71,6 +71,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::sys::batch::Batch;
 use crate::{ProtocolInfo, Session, SocketKind};
 
 mod connection;
@@ -94,11 +95,27 @@ pub const NAMES_VAR: &str = "SOCKSHARE_DISPATCH_NAMES";
 struct Shared {
     channel: OwnedFd,
     ledger: Ledger,
-    /// The process that made the channel, serve: the one sender taken (see `record`).
-    serve: rustix::process::Pid,
+    /// The pid of the process that made the channel, serve: the one sender taken (see
+    /// `record`).
+    serve: u32,
     /// Held from receiving a record to recording it taken, so records are taken in order
     /// even when several threads accept (the ledger's first rule).
-    order: Mutex<Kinds>,
+    order: Mutex<Rx>,
+}
+
+/// What the order lock guards: what receiving a record and taking its connection use.
+struct Rx {
+    batch: Batch,
+    kinds: Kinds,
+}
+
+impl std::fmt::Debug for Rx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The peek buffers are scratch space.
+        f.debug_struct("Rx")
+            .field("kinds", &self.kinds)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The kind of each dispatched listener's connections, once one has come: every
@@ -131,11 +148,11 @@ impl Shared {
 
     /// The next record, waiting for it if the channel blocks; `None` at its end. Called
     /// with `order` held.
-    fn receive(&self) -> io::Result<Option<(Hand, Carried)>> {
-        record::receive(self.channel.as_fd(), self.serve)
+    fn receive(&self, rx: &mut Rx) -> io::Result<Option<(Hand, Carried)>> {
+        record::receive(self.channel.as_fd(), self.serve, &mut rx.batch)
     }
 
-    fn lock_order(&self) -> MutexGuard<'_, Kinds> {
+    fn lock_order(&self) -> MutexGuard<'_, Rx> {
         self.order.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -212,6 +229,8 @@ impl Worker {
         // Every record is checked against the sender's credentials (see `record`).
         rustix::net::sockopt::set_socket_passcred(&channel, true)?;
         let serve = rustix::net::sockopt::socket_peercred(&channel)?.pid;
+        // Records are peeked, then consumed (see `record`).
+        crate::sys::batch::set_peek_off(channel.as_fd(), 0)?;
         let session = Session::new().map_err(io::Error::from)?;
         ledger.ask_for_descriptors();
         let names: Vec<String> = names
@@ -224,8 +243,11 @@ impl Worker {
             shared: Arc::new(Shared {
                 channel,
                 ledger,
-                serve,
-                order: Mutex::new(Kinds(vec![None; names.len()])),
+                serve: serve.as_raw_nonzero().get() as u32,
+                order: Mutex::new(Rx {
+                    batch: record::buffers(),
+                    kinds: Kinds(vec![None; names.len()]),
+                }),
             }),
             names,
         })
@@ -259,9 +281,9 @@ impl Worker {
     ///   call goes on with the next record);
     /// - an info this worker's session refuses, or the channel's error.
     pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
-        let mut order = self.shared.lock_order();
-        let received = self.shared.receive()?;
-        self.take(&mut order, received)
+        let mut rx = self.shared.lock_order();
+        let received = self.shared.receive(&mut rx)?;
+        self.take(&mut rx.kinds, received)
     }
 
     /// Takes the connection a record hands over (`None` for the channel's end), and

@@ -30,22 +30,20 @@
 //! # Never lost on the worker's side
 //!
 //! A record is peeked first (the kernel installs a copy of its descriptor and keeps the
-//! record queued), then consumed. A worker whose descriptor table is full gets `EMFILE`
+//! record queued), then consumed, with the loss-free receiving that sessions and
+//! channels use (`sys::linux::batch`). A worker whose descriptor table is full gets `EMFILE`
 //! with the record still queued; it takes it on a later call. Serve keeps its own
 //! descriptor until the ledger shows the connection taken, whatever happens on the way.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
-use rustix::process::Pid;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use crate::info::INFO_A_SIZE;
+use crate::sys::batch::{self, Batch};
 
 /// The size of a record's header, and of a whole descriptor record.
 pub const HEADER_SIZE: usize = 16;
@@ -138,60 +136,51 @@ impl Hand {
     }
 }
 
+/// The peek buffers `receive` needs, made once per worker.
+pub(super) fn buffers() -> Batch {
+    Batch::new(1, HAND_SIZE, MAX_FDS, true)
+}
+
 /// The worker's side: the next record on `channel` (waiting for one if the channel
 /// blocks), taken off the queue; `Ok(None)` at the channel's end. Takes records one at a
-/// time: the caller holds the order lock.
+/// time, peeked with `batch` then consumed (the channel needs `SO_PEEK_OFF` at 0): the
+/// caller holds the order lock.
 ///
 /// # Errors
 ///
 /// `EMFILE` (the record stays queued: nothing is lost), `PermissionDenied` for a sender
-/// other than `serve` and `InvalidData` for a record of neither form (each taken off the
-/// queue, whatever it carried closed), or `recvmsg(2)`'s.
-pub(super) fn receive(channel: BorrowedFd<'_>, serve: Pid) -> io::Result<Option<(Hand, Carried)>> {
-    let mut bytes = [0u8; HAND_SIZE + 1];
-    let mut space =
-        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS), ScmCredentials(1))];
-    let (len, truncated, fds, sender) = loop {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let msg = match rustix::net::recvmsg(
-            channel,
-            &mut [IoSliceMut::new(&mut bytes)],
-            &mut control,
-            RecvFlags::PEEK | RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Err(Errno::INTR) => continue,
-            other => other?,
-        };
-        let mut fds = Vec::new();
-        let mut sender = None;
-        for message in control.drain() {
-            match message {
-                RecvAncillaryMessage::ScmRights(rights) => fds.extend(rights),
-                RecvAncillaryMessage::ScmCredentials(cred) => sender = Some(cred.pid),
-                _ => {}
-            }
-        }
-        let truncated = msg.flags.contains(rustix::net::ReturnFlags::CTRUNC);
-        break (msg.bytes, truncated, fds, sender);
+/// other than `serve` (a pid) and `InvalidData` for a record of neither form (each taken
+/// off the queue, whatever it carried closed), `WouldBlock` on a nonblocking channel
+/// with nothing queued, or the receive's error.
+pub(super) fn receive(
+    channel: BorrowedFd<'_>,
+    serve: u32,
+    batch: &mut Batch,
+) -> io::Result<Option<(Hand, Carried)>> {
+    let meta = match batch.peek(channel, true) {
+        Ok(metas) => metas.into_iter().next().ok_or(Errno::AGAIN)?,
+        Err(Errno::PIPE) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    if len == 0 && fds.is_empty() {
-        return Ok(None);
-    }
-    if len == HEADER_SIZE && truncated && fds.is_empty() {
-        // The connection stays queued for a later call: the error says so by its number.
+    let len = meta.len;
+    if len == HEADER_SIZE && meta.truncated && meta.fds.is_empty() {
+        // Left queued for a later call, the peek offset back on it; the error says so by
+        // its number.
+        batch::consume(channel, 0, 1)?;
         return Err(Errno::MFILE.into());
     }
-    consume(channel)?;
-    if sender != Some(serve) {
-        let who = sender.map_or("a sender without credentials".to_owned(), |pid| {
-            format!("process {}", pid.as_raw_nonzero())
-        });
+    batch::consume(channel, 1, 1)?;
+    if meta.pid != Some(serve) {
+        let who = meta
+            .pid
+            .map_or("a sender without credentials".to_owned(), |pid| {
+                format!("process {pid}")
+            });
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "a record from {who}, not from serve (process {}): refused, and what it \
-                 carried closed",
-                serve.as_raw_nonzero()
+                "a record from {who}, not from serve (process {serve}): refused, and what \
+                 it carried closed"
             ),
         ));
     }
@@ -201,8 +190,9 @@ pub(super) fn receive(channel: BorrowedFd<'_>, serve: Pid) -> io::Result<Option<
             format!("a record of {len} bytes from serve, neither form"),
         )
     };
-    let hand = Hand::from_header(&bytes[..len]).ok_or_else(damaged)?;
-    let carried = match (len, <[OwnedFd; 1]>::try_from(fds)) {
+    let bytes = batch.record(&meta);
+    let hand = Hand::from_header(bytes).ok_or_else(damaged)?;
+    let carried = match (len, <[OwnedFd; 1]>::try_from(meta.fds)) {
         (HEADER_SIZE, Ok([fd])) => Carried::Descriptor(fd),
         (HAND_SIZE, Err(none)) if none.is_empty() => Carried::Info(Box::new(
             bytes[HEADER_SIZE..HAND_SIZE]
@@ -212,15 +202,4 @@ pub(super) fn receive(channel: BorrowedFd<'_>, serve: Pid) -> io::Result<Option<
         _ => return Err(damaged()),
     };
     Ok(Some((hand, carried)))
-}
-
-/// Takes the record just peeked off the queue. What it carried is closed in the kernel's
-/// copy; the peek installed this process's own.
-fn consume(channel: BorrowedFd<'_>) -> io::Result<()> {
-    loop {
-        match rustix::net::recv(channel, &mut [0u8; 1], RecvFlags::DONTWAIT) {
-            Err(Errno::INTR) => continue,
-            other => return other.map(drop).map_err(io::Error::from),
-        }
-    }
 }

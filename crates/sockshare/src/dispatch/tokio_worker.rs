@@ -83,9 +83,9 @@ impl AsyncWorker {
             let mut ready = self.channel.readable().await?;
             // Not held across an await: the receive and the take happen at once, or
             // the guard is dropped before waiting again.
-            let mut order = shared.lock_order();
-            match ready.try_io(|c| c.get_ref().0.receive()) {
-                Ok(received) => return self.finish(&mut order, received?),
+            let mut rx = shared.lock_order();
+            match ready.try_io(|c| c.get_ref().0.receive(&mut rx)) {
+                Ok(received) => return self.finish(&mut rx.kinds, received?),
                 Err(_would_block) => continue,
             }
         }

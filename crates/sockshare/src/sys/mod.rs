@@ -51,7 +51,7 @@
 //! The Linux backend lives in `linux`; the Windows backend, `windows`, is the native
 //! `WSADuplicateSocketW`/`WSASocketW` with sockshare's checks around it (its module docs
 //! say which rows of docs/semantics.md Windows itself keeps and which sockshare adds).
-//! Items only one OS has (a `Channel`, `fuzzing`) are `cfg`'d to it. macOS comes later
+//! Items only one OS has (a `Channel`, `batch`, `fuzzing`) are `cfg`'d to it. macOS comes later
 //! behind this same contract.
 //! Every other system gets `shell`, whose operations all fail with "unsupported" (mio's
 //! idea), so the portable core compiles everywhere.
@@ -60,6 +60,10 @@
 mod linux;
 #[cfg(all(target_os = "linux", not(sockshare_shell), feature = "fuzzing"))]
 pub(crate) use linux::fuzzing;
+// Linux only, for `crate::dispatch` (a Linux-only module): the loss-free receiving of
+// descriptor records that the session endpoint and the channel use.
+#[cfg(all(target_os = "linux", not(sockshare_shell)))]
+pub(crate) use linux::batch;
 #[cfg(all(target_os = "linux", not(sockshare_shell)))]
 pub(crate) use linux::{
     current_pid, disconnect_all, duplicate, duplicate_many, probe, socket_kind, wipe_on_fork_page,

@@ -1,5 +1,6 @@
 //! Loss-free, batched receiving of `SCM_RIGHTS` records from a Unix `SOCK_SEQPACKET`
-//! socket, shared by the session endpoint and the channel.
+//! socket, shared by the session endpoint, the channel and the dispatch worker
+//! (`crate::dispatch`).
 //!
 //! A record is peeked first: the kernel installs copies of its descriptors and keeps the
 //! record queued, so a full descriptor table never destroys a socket (a plain receive would
@@ -27,12 +28,12 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::io::Errno;
 
 /// Records one peek takes at most.
-pub(super) const MAX_RECORDS: usize = 32;
+pub(crate) const MAX_RECORDS: usize = 32;
 /// Peeks of nothing but empty records, from a peer that is gone, that mean the end.
 const EMPTY_ROUNDS: usize = 8;
 
 /// What a peek gave for one record, beside its bytes.
-pub(super) struct Meta {
+pub(crate) struct Meta {
     /// Where the record's bytes are in the batch's buffers (see [`Batch::record`]).
     slot: usize,
     /// Bytes of the record (more than the record capacity means it was too long).
@@ -48,7 +49,7 @@ pub(super) struct Meta {
 }
 
 /// Reusable buffers for peeking up to `records` records at a time.
-pub(super) struct Batch {
+pub(crate) struct Batch {
     record_cap: usize,
     control_space: usize,
     bytes: Vec<u8>,
@@ -60,7 +61,7 @@ pub(super) struct Batch {
 impl Batch {
     /// Buffers for `records` records of at most `record_cap` bytes and `max_fds`
     /// descriptors each, with room for credentials when `creds`.
-    pub(super) fn new(records: usize, record_cap: usize, max_fds: usize, creds: bool) -> Batch {
+    pub(crate) fn new(records: usize, record_cap: usize, max_fds: usize, creds: bool) -> Batch {
         let records = records.clamp(1, MAX_RECORDS);
         let fds_space = rustix::cmsg_space!(ScmRights(max_fds));
         let creds_space = if creds {
@@ -80,7 +81,7 @@ impl Batch {
     }
 
     /// The bytes of a record of the last peek.
-    pub(super) fn record(&self, meta: &Meta) -> &[u8] {
+    pub(crate) fn record(&self, meta: &Meta) -> &[u8] {
         let start = meta.slot * (self.record_cap + 1);
         &self.bytes[start..start + meta.len.min(self.record_cap + 1)]
     }
@@ -89,7 +90,7 @@ impl Batch {
     /// needs `SO_PEEK_OFF`, left at the head by the last `consume`). Blocks for the first
     /// when `wait`; an empty `Vec` means nothing is queued. `Err(PIPE)` when the peer has
     /// closed and nothing is left.
-    pub(super) fn peek(&mut self, fd: BorrowedFd<'_>, wait: bool) -> Result<Vec<Meta>, Errno> {
+    pub(crate) fn peek(&mut self, fd: BorrowedFd<'_>, wait: bool) -> Result<Vec<Meta>, Errno> {
         // The end of the stream reads as empty records too, again and again. Once the peer
         // is gone, a few rounds of nothing but empty records are taken for the end; a
         // peer that closed after more empty records than that loses what it sent after
@@ -236,7 +237,7 @@ unsafe fn read_meta(slot: usize, m: &libc::mmsghdr) -> Meta {
 /// drops its references; the peeked copies are what the caller keeps), and, when some
 /// peeked records stay queued, moves the peek offset back to the head, since it has
 /// stepped past them.
-pub(super) fn consume(fd: BorrowedFd<'_>, taken: usize, peeked: usize) -> Result<(), Errno> {
+pub(crate) fn consume(fd: BorrowedFd<'_>, taken: usize, peeked: usize) -> Result<(), Errno> {
     consume_records(fd, taken)?;
     if taken < peeked {
         set_peek_off(fd, 0)?;
@@ -281,7 +282,7 @@ fn consume_records(fd: BorrowedFd<'_>, count: usize) -> Result<(), Errno> {
 
 /// Sets `SO_PEEK_OFF`: 0 enables stepping peeks (and restarts them at the head after a
 /// batch that left peeked records queued).
-pub(super) fn set_peek_off(fd: BorrowedFd<'_>, off: i32) -> Result<(), Errno> {
+pub(crate) fn set_peek_off(fd: BorrowedFd<'_>, off: i32) -> Result<(), Errno> {
     // SAFETY: SO_PEEK_OFF takes an int; `off` lives for the call.
     unsafe {
         super::raw::setsockopt(

@@ -35,7 +35,7 @@
 //!   infos, or reuse its secrets: [`fork`] says how, and gives the lock order of every
 //!   process-wide lock of the project.
 
-mod batch;
+pub(crate) mod batch;
 mod channel;
 mod fork;
 mod info;
