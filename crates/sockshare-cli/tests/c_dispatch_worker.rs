@@ -78,23 +78,9 @@ impl Serve {
         self.log.text()
     }
 
-    /// Waits until the log has `what`, failing if serve exits or the deadline passes.
-    fn wait_for_log(&mut self, what: &str) -> String {
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let log = self.log();
-            if log.contains(what) {
-                return log;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("serve exited ({status}) before logging {what:?}:\n{log}");
-            }
-            assert!(
-                Instant::now() < end,
-                "serve did not log {what:?} within {DEADLINE:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Waits until the log has `what`.
+    fn wait_for_log(&self, what: &str) -> String {
+        self.log.wait_for(what, DEADLINE)
     }
 
     /// Waits for serve to exit, and for the end of its stderr: its last lines are in the

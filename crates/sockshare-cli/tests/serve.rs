@@ -265,27 +265,9 @@ impl Serve {
         self.log.text()
     }
 
-    /// Waits until the log has `needle`; returns the log. Fails at once if serve exited
-    /// without it.
+    /// Waits until the log has `needle`; returns the log.
     fn wait_log(&self, needle: &str) -> String {
-        let end = Instant::now() + LIMIT;
-        let mut exited = None;
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            // What serve wrote last may still be on its way through the pipe.
-            let over = exited.is_some_and(|at: Instant| at.elapsed() > Duration::from_millis(300));
-            assert!(
-                Instant::now() < end && !over,
-                "no {needle:?} in serve's log within {LIMIT:?} (or before it exited):\n{log}"
-            );
-            if exited.is_none() && !running(self.pid()) {
-                exited = Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.log.wait_for(needle, LIMIT)
     }
 
     /// The workers generation `n` started with, from the log.
@@ -1258,7 +1240,7 @@ fn sockets_of_another_pids_activation_are_not_taken() {
     let mut serve = Serve::spawn(cmd, &[(listener.as_fd(), 3)]);
     let status = wait_exit(&mut serve.child, LIMIT).expect("serve exits");
     assert!(!status.success(), "{status}");
-    assert!(serve.log().contains("nothing to serve"), "{}", serve.log());
+    serve.wait_log("nothing to serve");
 }
 
 /// Issue 13: a worker that cannot notify is declared ready explicitly, with

@@ -86,4 +86,29 @@ impl StderrLog {
     pub fn is_finished(&self) -> bool {
         self.reader.is_finished()
     }
+
+    /// Waits until the text has `needle`; returns the text. Fails once the text is
+    /// complete (every writer gone) without it, or after `limit`. Completeness, not the
+    /// child's exit, ends the wait: the child's last lines may still be in the pipe when
+    /// it has exited.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            // Asked before the text is read, so a finished log is read whole.
+            let complete = self.is_finished();
+            let text = self.text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                !complete,
+                "no {needle:?} in the log, which is complete (its writers exited):\n{text}"
+            );
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} in the log within {limit:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
