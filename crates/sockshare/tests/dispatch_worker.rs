@@ -376,6 +376,18 @@ fn run_child(
     fds: &[std::os::fd::BorrowedFd<'_>],
     vars: &[(&str, String)],
 ) -> bool {
+    let child = spawn_child(test, part, fds, vars, std::process::Stdio::inherit());
+    wait_child(child, test)
+}
+
+/// Starts the child [`run_child`] waits for, its stdout as given.
+fn spawn_child(
+    test: &str,
+    part: &str,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    vars: &[(&str, String)],
+    stdout: std::process::Stdio,
+) -> std::process::Child {
     let _spawn = spawn_lock();
     let inherited: Vec<_> = fds.iter().map(|fd| rustix::io::dup(fd).unwrap()).collect();
     let numbers: Vec<String> = inherited
@@ -389,8 +401,13 @@ fn run_child(
     for (var, value) in vars {
         command.env(var, value);
     }
-    let mut child = command.spawn().unwrap();
+    let child = command.stdout(stdout).spawn().unwrap();
     drop(inherited);
+    child
+}
+
+/// Waits for a child of [`spawn_child`], at most 20 s, and says whether it passed.
+fn wait_child(mut child: std::process::Child, test: &str) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -462,11 +479,27 @@ fn child_sends_a_connection_on_serves_end() {
     hand.send_descriptor(channel, conn).unwrap();
 }
 
-/// A worker out of descriptors gets `EMFILE`, and the connection stays queued: it takes
-/// it once a descriptor is free, never loses it. (`RLIMIT_NOFILE` is per process: the
-/// worker is a child.)
+/// A worker out of descriptors gets `EMFILE`, and the connection waits: it takes it once
+/// a descriptor is free, never loses it or takes the next one first. Both forms: an info
+/// record (redeemed after it left the channel: the worker keeps it) and a descriptor
+/// record (left queued). (`RLIMIT_NOFILE` is per process: the worker is a child, and the
+/// info is duplicated for its pid once its table is full.)
 #[test]
 fn a_worker_out_of_descriptors_takes_the_connection_later() {
+    let parts = [
+        "worker",
+        #[cfg(feature = "tokio")]
+        "tokio-worker",
+    ];
+    for part in parts {
+        out_of_descriptors(part);
+    }
+}
+
+/// The parent's side of [`a_worker_out_of_descriptors_takes_the_connection_later`], with
+/// a child playing `part`.
+fn out_of_descriptors(part: &str) {
+    use std::io::BufRead;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (ours, theirs) = channel_pair();
     let (ledger, ledger_fd) = Ledger::create().unwrap();
@@ -474,38 +507,88 @@ fn a_worker_out_of_descriptors_takes_the_connection_later() {
         channel: UnixDatagram::from(ours),
         ledger,
     };
-    let (mut client, _serves_copy) = hand_from(&serve, 2, 0, &listener);
-    let passed = run_child(
-        "child_worker_out_of_descriptors",
-        "worker",
+    let test = "child_worker_out_of_descriptors";
+    let mut child = spawn_child(
+        test,
+        part,
         &[theirs.as_fd(), ledger_fd.as_fd()],
         &[],
+        std::process::Stdio::piped(),
     );
-    assert!(passed, "the worker child failed");
-    assert_eq!(serve.ledger(), (2, 1));
-    client
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    let mut said = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        // The harness's "test NAME ... " may start the line.
+        said.any(|line| line.is_ok_and(|l| l.ends_with("table full"))),
+        "the {part} child did not fill its table"
+    );
+    // Each connection answered before the next is sent: the worker retries on an empty
+    // channel, with the connection it could not take in hand only.
+    for seq in [1, 2] {
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let hand = Hand { seq, listener: 0 };
+        if seq == 1 {
+            let info = sockshare::duplicate(&conn, child.id()).unwrap();
+            hand.send_info(serve.channel.as_fd(), &info.to_bytes_a())
+        } else {
+            hand.send_descriptor(serve.channel.as_fd(), conn.as_fd())
+        }
         .unwrap();
-    let mut got = Vec::new();
-    client.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"pong");
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert_eq!(got, format!("pong {seq}"), "{part}");
+    }
+    assert!(wait_child(child, test), "the {part} child failed");
+    assert_eq!(serve.ledger(), (2, 2), "{part}");
 }
 
 #[test]
 fn child_worker_out_of_descriptors() {
-    let Some(fds) = child_fds("worker") else {
-        return;
-    };
+    if let Some(fds) = child_fds("worker") {
+        let worker = worker_in_child(&fds);
+        takes_each_connection_once_a_descriptor_is_free(|| worker.accept());
+    }
+    #[cfg(feature = "tokio")]
+    if let Some(fds) = child_fds("tokio-worker") {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let worker = worker_in_child(&fds).into_async().unwrap();
+        takes_each_connection_once_a_descriptor_is_free(|| rt.block_on(worker.accept()));
+    }
+}
+
+/// The worker a child was given the channel and ledger of.
+fn worker_in_child(fds: &[i32]) -> Worker {
     std::env::set_var(FD_VAR, fds[0].to_string());
     std::env::set_var(LEDGER_VAR, fds[1].to_string());
-    let worker = Worker::from_env().unwrap();
+    Worker::from_env().unwrap()
+}
+
+/// The child's side: fills its table, says so, then takes two connections with
+/// `accept`, each first refused with `EMFILE`, then taken once a descriptor is free.
+fn takes_each_connection_once_a_descriptor_is_free<C: std::os::fd::AsFd>(
+    mut accept: impl FnMut() -> std::io::Result<Option<C>>,
+) {
     let mut fillers = nofile::fill_descriptor_table(64);
-    let err = worker.accept().unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
-    fillers.pop();
-    let mut conn = worker
-        .accept()
-        .unwrap()
-        .expect("the connection, still queued");
-    conn.write_all(b"pong").unwrap();
+    // Past the test harness's capture of `println!`.
+    std::io::stdout().write_all(b"table full\n").unwrap();
+    std::io::stdout().flush().unwrap();
+    // Each connection kept, so its descriptor is not free for the next one.
+    let mut kept = Vec::new();
+    for seq in [1, 2] {
+        let err = accept().err().expect("EMFILE");
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+        fillers.pop();
+        let conn = accept().unwrap().expect("the connection, still waiting");
+        let pong = format!("pong {seq}");
+        assert_eq!(rustix::io::write(conn.as_fd(), pong.as_bytes()), Ok(6));
+        rustix::net::shutdown(conn.as_fd(), rustix::net::Shutdown::Write).unwrap();
+        kept.push(conn);
+    }
 }

@@ -59,7 +59,11 @@
 //! - The end of the channel (a read of 0 bytes) means: finish what you hold and exit.
 //! - [`Worker`] takes a record only from the process that made the channel (serve), by
 //!   the credentials the kernel attaches to it, and peeks before it consumes, so a full
-//!   descriptor table leaves the connection queued (`EMFILE`) rather than lost.
+//!   descriptor table leaves the connection queued (`EMFILE`) rather than lost; an info
+//!   whose redeem finds the table full (`WSAEMFILE`: the socket stays in the session) is
+//!   kept and redeemed first at the next call. (A C worker may call `WSASocketA` on the
+//!   info again before it reads another record, or, as `examples/c/dispatch_worker.c`
+//!   does, exit without recording it taken: serve gives it to another worker.)
 //!
 //! The worker never writes to the channel; serve reads the ledger when it hands out
 //! connections and when a worker exits, at least every few milliseconds while it holds
@@ -71,8 +75,11 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use rustix::io::Errno;
+
+use crate::info::INFO_A_SIZE;
 use crate::sys::batch::Batch;
-use crate::{ProtocolInfo, Session, SocketKind};
+use crate::{ErrorKind, ProtocolInfo, Session, SocketKind};
 
 mod connection;
 mod ledger;
@@ -107,6 +114,19 @@ struct Shared {
 struct Rx {
     batch: Batch,
     kinds: Kinds,
+    /// An info record already off the channel whose redeem found no free descriptor
+    /// (`EMFILE`): its socket waits in the session, and the next accept redeems it before
+    /// it receives anything else, so it keeps its place in the order.
+    held: Option<(Hand, Box<[u8; INFO_A_SIZE]>)>,
+}
+
+impl Rx {
+    /// The held info record, if there is one, as received.
+    fn take_held(&mut self) -> Option<(Hand, Carried)> {
+        self.held
+            .take()
+            .map(|(hand, info)| (hand, Carried::Info(info)))
+    }
 }
 
 impl std::fmt::Debug for Rx {
@@ -146,10 +166,13 @@ impl Shared {
         self.ledger.add_done();
     }
 
-    /// The next record, waiting for it if the channel blocks; `None` at its end. Called
-    /// with `order` held.
+    /// The next record: the held one, or one from the channel, waiting for it if the
+    /// channel blocks; `None` at its end. Called with `order` held.
     fn receive(&self, rx: &mut Rx) -> io::Result<Option<(Hand, Carried)>> {
-        record::receive(self.channel.as_fd(), self.serve, &mut rx.batch)
+        match rx.take_held() {
+            Some(held) => Ok(Some(held)),
+            None => record::receive(self.channel.as_fd(), self.serve, &mut rx.batch),
+        }
     }
 
     fn lock_order(&self) -> MutexGuard<'_, Rx> {
@@ -247,6 +270,7 @@ impl Worker {
                 order: Mutex::new(Rx {
                     batch: record::buffers(),
                     kinds: Kinds(vec![None; names.len()]),
+                    held: None,
                 }),
             }),
             names,
@@ -283,28 +307,38 @@ impl Worker {
     pub fn accept(&self) -> io::Result<Option<Connection<Stream>>> {
         let mut rx = self.shared.lock_order();
         let received = self.shared.receive(&mut rx)?;
-        self.take(&mut rx.kinds, received)
+        self.take(&mut rx, received)
     }
 
     /// Takes the connection a record hands over (`None` for the channel's end), and
-    /// records it taken. Called with `order` held (`kinds` is what it guards).
+    /// records it taken. Called with `order` held (`rx` is what it guards).
     fn take(
         &self,
-        kinds: &mut Kinds,
+        rx: &mut Rx,
         received: Option<(Hand, Carried)>,
     ) -> io::Result<Option<Connection<Stream>>> {
         let Some((hand, carried)) = received else {
             return Ok(None);
         };
         let (fd, kind) = match carried {
-            Carried::Info(info) => {
-                let info = ProtocolInfo::from_bytes(&info[..]).map_err(io::Error::from)?;
-                let socket = self.session.redeem(&info).map_err(io::Error::from)?;
-                let kind = socket.kind();
-                (socket.into_owned_fd(), kind)
+            Carried::Info(bytes) => {
+                let info = ProtocolInfo::from_bytes(&bytes[..]).map_err(io::Error::from)?;
+                match self.session.redeem(&info) {
+                    Ok(socket) => {
+                        let kind = socket.kind();
+                        (socket.into_owned_fd(), kind)
+                    }
+                    Err(e) if e.kind() == ErrorKind::TooManyDescriptors => {
+                        // The info stays valid: kept for the next call, as a descriptor
+                        // record stays queued.
+                        rx.held = Some((hand, bytes));
+                        return Err(Errno::MFILE.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Carried::Descriptor(fd) => {
-                let kind = kinds.of(hand.listener, fd.as_fd());
+                let kind = rx.kinds.of(hand.listener, fd.as_fd());
                 (fd, kind?)
             }
         };

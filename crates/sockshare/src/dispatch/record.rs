@@ -32,8 +32,10 @@
 //! A record is peeked first (the kernel installs a copy of its descriptor and keeps the
 //! record queued), then consumed, with the loss-free receiving that sessions and
 //! channels use (`sys::linux::batch`). A worker whose descriptor table is full gets `EMFILE`
-//! with the record still queued; it takes it on a later call. Serve keeps its own
-//! descriptor until the ledger shows the connection taken, whatever happens on the way.
+//! with the record still queued; it takes it on a later call. An info record is off the
+//! queue before its redeem can find the table full; the worker keeps it then, and redeems
+//! it before it receives another. Serve keeps its own descriptor until the ledger shows
+//! the connection taken, whatever happens on the way.
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;

@@ -82,10 +82,12 @@ impl AsyncWorker {
         loop {
             let mut ready = self.channel.readable().await?;
             // Not held across an await: the receive and the take happen at once, or
-            // the guard is dropped before waiting again.
+            // the guard is dropped before waiting again. A record held for want of a
+            // descriptor is received first; the channel stays ready for it, as only a
+            // receive that would block (so held nothing) clears the readiness.
             let mut rx = shared.lock_order();
             match ready.try_io(|c| c.get_ref().0.receive(&mut rx)) {
-                Ok(received) => return self.finish(&mut rx.kinds, received?),
+                Ok(received) => return self.finish(&mut rx, received?),
                 Err(_would_block) => continue,
             }
         }
@@ -94,10 +96,10 @@ impl AsyncWorker {
     /// Takes the connection of a record, as a tokio stream.
     fn finish(
         &self,
-        kinds: &mut super::Kinds,
+        rx: &mut super::Rx,
         received: Option<(super::Hand, super::Carried)>,
     ) -> io::Result<Option<Connection<AsyncStream>>> {
-        let Some(conn) = self.worker.take(kinds, received)? else {
+        let Some(conn) = self.worker.take(rx, received)? else {
             return Ok(None);
         };
         conn.map(|stream| {
