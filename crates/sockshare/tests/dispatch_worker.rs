@@ -113,13 +113,21 @@ fn send_hand(serve: &Serve, seq: u64, index: u32, socket: impl std::os::fd::AsFd
         seq,
         listener: index,
     };
-    if seq % 2 == 1 {
-        let info = sockshare::duplicate(socket.as_fd(), std::process::id()).unwrap();
-        hand.send_info(serve.channel.as_fd(), &info.to_bytes_a())
-    } else {
-        hand.send_descriptor(serve.channel.as_fd(), socket.as_fd())
+    let info =
+        (seq % 2 == 1).then(|| sockshare::duplicate(socket.as_fd(), std::process::id()).unwrap());
+    // Serve never waits for room; a test that runs ahead of the worker does.
+    loop {
+        let sent = match &info {
+            Some(info) => hand.send_info(serve.channel.as_fd(), &info.to_bytes_a()),
+            None => hand.send_descriptor(serve.channel.as_fd(), socket.as_fd()),
+        };
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            sent => return sent.unwrap(),
+        }
     }
-    .unwrap();
 }
 
 /// A TCP connection handed from listener index `index`. Returns the client's end, and
@@ -215,11 +223,14 @@ fn threads_accepting_at_once_take_every_record_once_in_order() {
                 }
             });
         }
-        let mut clients = Vec::new();
-        for seq in 1..=RECORDS {
-            clients.push(hand_from(&serve, seq, seq as u32, &listener).0);
-        }
+        let sent = std::panic::catch_unwind(|| {
+            (1..=RECORDS)
+                .map(|seq| hand_from(&serve, seq, seq as u32, &listener).0)
+                .collect::<Vec<_>>()
+        });
+        // Whatever happened, the channel ends, so the threads do too.
         rustix::net::shutdown(&serve.channel, rustix::net::Shutdown::Write).unwrap();
+        let _clients = sent.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     });
     assert_eq!(taken.into_inner(), RECORDS);
     assert_eq!(serve.ledger(), (RECORDS, RECORDS));

@@ -107,9 +107,11 @@ impl<S: AsFd> Connection<S> {
 
 impl<S: AsFd> Drop for Connection<S> {
     fn drop(&mut self) {
+        // Counted before the client can see the end: a client that waits for it and
+        // connects again finds this worker's load already down.
+        self.shared.finished();
         // Fails only when the connection is already reset or ended: nothing to do then.
         let _ = rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both);
-        self.shared.finished();
     }
 }
 
