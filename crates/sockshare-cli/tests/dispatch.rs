@@ -115,15 +115,16 @@ fn parse(line: &str) -> Result<(u32, u64), String> {
     }
 }
 
+/// A new connection with its request sent, the answer not read.
+fn request(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"hi\n").unwrap();
+    s
+}
+
 /// `n` connections, each with its request sent, answers not read.
 fn requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|_| {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(b"hi\n").unwrap();
-            s
-        })
-        .collect()
+    (0..n).map(|_| request(addr)).collect()
 }
 
 /// The pids that answered `n` sequential requests, with their counts. Each connection is
@@ -132,9 +133,8 @@ fn requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 fn spread(addr: SocketAddr, n: usize) -> HashMap<u32, usize> {
     let mut by_pid = HashMap::new();
     for _ in 0..n {
-        let mut s = TcpStream::connect(addr).unwrap();
+        let mut s = request(addr);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"hi\n").unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).unwrap();
         let (pid, _) = parse(&answer).unwrap();

@@ -171,9 +171,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let deadline = control
             .as_ref()
             .and_then(control::ControlSocket::deadline)
-            .map_or(supervisor.next_deadline(), |d| {
-                d.min(supervisor.next_deadline())
-            });
+            .into_iter()
+            .fold(supervisor.next_deadline(), Instant::min);
         let timeout =
             rustix::event::Timespec::try_from(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or(rustix::event::Timespec {

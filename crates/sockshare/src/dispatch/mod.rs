@@ -120,15 +120,6 @@ struct Rx {
     held: Option<(Hand, Box<[u8; INFO_A_SIZE]>)>,
 }
 
-impl Rx {
-    /// The held info record, if there is one, as received.
-    fn take_held(&mut self) -> Option<(Hand, Carried)> {
-        self.held
-            .take()
-            .map(|(hand, info)| (hand, Carried::Info(info)))
-    }
-}
-
 impl std::fmt::Debug for Rx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The peek buffers are scratch space.
@@ -169,8 +160,8 @@ impl Shared {
     /// The next record: the held one, or one from the channel, waiting for it if the
     /// channel blocks; `None` at its end. Called with `order` held.
     fn receive(&self, rx: &mut Rx) -> io::Result<Option<(Hand, Carried)>> {
-        match rx.take_held() {
-            Some(held) => Ok(Some(held)),
+        match rx.held.take() {
+            Some((hand, info)) => Ok(Some((hand, Carried::Info(info)))),
             None => record::receive(self.channel.as_fd(), self.serve, &mut rx.batch),
         }
     }
